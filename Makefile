@@ -1,0 +1,38 @@
+# camlens: `make demo` and `make test` work on a fresh machine (Python >= 3.10, PyPI reachable).
+# The registry's standard torch/torchvision wheels are used; the machine's local wheel folder
+# and pip config are turned off for these installs (see DEVELOPERS.md).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := PIP_FIND_LINKS= PIP_CONFIG_FILE=/dev/null $(PY) -m pip
+TORCH := torch==2.13.0 torchvision==0.28.0
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.demo: $(PY) pyproject.toml
+	$(PIP) install -q $(TORCH) -e '.[demo]'
+	touch $@
+
+$(VENV)/.test: $(PY) pyproject.toml
+	$(PIP) install -q $(TORCH) -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.demo
+	$(PY) examples/quickstart.py camlens-demo
+
+lint: $(VENV)/.test
+	$(PY) -m ruff check src tests bench examples
+
+test: $(VENV)/.test
+	$(PY) -m ruff check src tests bench examples
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.test
+	$(PY) bench/bench_gradcam.py
+
+clean:
+	rm -rf $(VENV) camlens-demo build src/*.egg-info

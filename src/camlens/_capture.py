@@ -1,0 +1,115 @@
+"""Forward hooks that capture layer outputs for exact gradients, removed in ``finally``."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ._layers import output_tensor
+
+
+def _aliases_an_input(args: Any, t: Tensor) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return any(isinstance(a, Tensor) and a.untyped_storage().data_ptr() == ptr for a in args)
+
+
+class LayerCapture:
+    """Capture each layer's own output, protected from later in-place changes.
+
+    The forward runs under ``no_grad`` until the first captured layer: there the hook
+    detaches the output into a leaf that requires grad and switches autograd on, so the
+    graph is recorded only from that layer to the score (nothing before it is kept).
+    Later captured layers are attached to the graph as they are. Each hook hands the rest
+    of the model a *copy* of the output, so ``out += identity`` or ``relu_`` downstream
+    change the copy, never the captured tensor: activations and ``autograd.grad`` refer to
+    the layer's own output. With ``grads=False`` a detached copy is kept.
+
+    If a layer runs more than once in a forward pass, its last call is kept.
+    """
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], grads: bool) -> None:
+        self.layers = layers
+        self.grads = grads
+        self.outputs: list[Tensor | None] = [None] * len(layers)
+        self._handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> LayerCapture:
+        try:
+            for i, (_, module) in enumerate(self.layers):
+                self._handles.append(module.register_forward_hook(self._hook(i)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int) -> Any:
+        name = self.layers[index][0]
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            t = output_tensor(output)
+            if t is None:
+                raise TypeError(
+                    f"layer {name!r} returned {type(output).__name__}, not a tensor; "
+                    "pick a submodule that returns a tensor"
+                )
+            if not t.is_floating_point():
+                raise TypeError(f"layer {name!r} returned a {t.dtype} tensor; pick another layer")
+            if not self.grads:
+                self.outputs[index] = t.detach().clone()
+                return None
+            src = t.clone() if _aliases_an_input(args, t) else t
+            if not src.requires_grad:
+                src = src.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
+            self.outputs[index] = src
+            copy = src.clone()
+            if isinstance(output, Tensor):
+                return copy
+            return type(output)((copy, *output[1:]))
+
+        return hook
+
+
+class LinearCapture:
+    """Record the input and output of every ``nn.Linear`` call (for CAM's classifier)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls: list[tuple[nn.Linear, Tensor, Tensor]] = []
+        self._handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> LinearCapture:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+                self.calls.append((module, args[0].detach(), output.detach()))  # type: ignore[arg-type]
+
+        try:
+            for m in self.model.modules():
+                if isinstance(m, nn.Linear):
+                    self._handles.append(m.register_forward_hook(hook))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

@@ -1,0 +1,23 @@
+"""Small helpers that turn bad values into errors that say what to do."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
+    """Return up to ``n`` of ``choices``, the ones most like ``name`` first."""
+    pool = list(dict.fromkeys(choices))
+    best = difflib.get_close_matches(name, pool, n=n, cutoff=0.0)
+    return best
+
+
+def unknown_choice(kind: str, name: str, choices: Iterable[str], hint: str = "") -> ValueError:
+    """A ``ValueError`` for an unknown name that lists the closest valid ones."""
+    near = closest(name, choices)
+    listed = ", ".join(repr(c) for c in near) if near else "(none)"
+    msg = f"unknown {kind} {name!r}; closest valid choices: {listed}"
+    if hint:
+        msg += f". {hint}"
+    return ValueError(msg)

@@ -1,0 +1,145 @@
+"""Gradient-weighted methods: Grad-CAM and the variants that reweight its gradients.
+
+Every method here receives the layer's activations ``A`` (B, C, *S) and the gradients
+``G = dy/dA`` (B, K, C, *S) of each of the K target scores, and returns (B, K, *S).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._registry import register_method
+from ._base import LayerData, Method, first_principal_projection, safe_divide, weighted_channel_sum
+
+
+def _grads(data: LayerData) -> Tensor:
+    assert data.gradients is not None, "the engine must provide gradients"
+    return data.gradients
+
+
+@register_method("gradcam")
+class GradCAM(Method):
+    """Grad-CAM: channels weighted by their spatially averaged gradient, then ReLU.
+
+    ``alpha_k = mean_ij dy/dA_k[ij]``, ``M = ReLU(sum_k alpha_k A_k)``.
+    Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391
+
+    Example: ``camlens.explain(model, x, method="gradcam", layer="layer4")``.
+    """
+
+    def compute(self, data: LayerData) -> Tensor:
+        g = _grads(data)
+        weights = g.flatten(3).mean(dim=-1)  # (B, K, C)
+        return torch.relu(weighted_channel_sum(data.activations, weights))
+
+
+@register_method("gradcam++")
+class GradCAMPlusPlus(Method):
+    """Grad-CAM++: pixel-wise weighted positive gradients, for several instances of a class.
+
+    With ``g = dy/dA`` (the paper's exponential-score closed form):
+    ``a_k[ij] = g^2 / (2 g^2 + sum_ab A_k[ab] g^3)``, ``w_k = sum_ij a_k[ij] ReLU(g[ij])``,
+    ``M = ReLU(sum_k w_k A_k)``; ``a`` is 0 where its denominator is 0.
+    Chattopadhyay et al., WACV 2018, https://arxiv.org/abs/1710.11063 (eq. 19).
+
+    pytorch-grad-cam adds ``1e-6`` to the denominator; with gradients of order 1e-3 that
+    term is as large as ``g^2`` and changes the map. We follow the paper (``eps=0``);
+    ``eps=1e-6`` reproduces pytorch-grad-cam.
+    """
+
+    def __init__(self, eps: float = 0.0) -> None:
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps = float(eps)
+
+    def compute(self, data: LayerData) -> Tensor:
+        g = _grads(data)
+        a = data.activations.unsqueeze(1)  # (B, 1, C, *S)
+        g2 = g * g
+        g3 = g2 * g
+        sum_a = a.flatten(3).sum(dim=-1)[(...,) + (None,) * data.spatial_ndim]
+        alpha = safe_divide(g2, 2 * g2 + sum_a * g3 + self.eps)
+        weights = (alpha * torch.relu(g)).flatten(3).sum(dim=-1)  # (B, K, C)
+        return torch.relu(weighted_channel_sum(data.activations, weights))
+
+
+@register_method("xgradcam")
+class XGradCAM(Method):
+    """XGrad-CAM: gradients weighted by each channel's share of its own activation.
+
+    ``w_k = sum_ij (A_k[ij] / sum_ab A_k[ab]) dy/dA_k[ij]``, ``M = ReLU(sum_k w_k A_k)``;
+    a channel whose activations sum to 0 gets weight 0.
+    Fu et al., BMVC 2020, https://arxiv.org/abs/2008.02312
+    (pytorch-grad-cam adds 1e-7 to the sum instead.)
+    """
+
+    def compute(self, data: LayerData) -> Tensor:
+        g = _grads(data)
+        a = data.activations
+        sums = a.flatten(2).sum(dim=-1)  # (B, C)
+        share = safe_divide(a.flatten(2), sums.unsqueeze(-1))  # (B, C, P)
+        weights = (g.flatten(3) * share.unsqueeze(1)).sum(dim=-1)  # (B, K, C)
+        return torch.relu(weighted_channel_sum(a, weights))
+
+
+@register_method("hirescam")
+class HiResCAM(Method):
+    """HiResCAM: element-wise gradient x activation summed over channels, then ReLU.
+
+    ``M = ReLU(sum_k dy/dA_k * A_k)``; equals CAM (up to the factor 1/HW) on a
+    GAP + linear head, and shows exactly the locations the score used.
+    Draelos & Carin 2020, https://arxiv.org/abs/2011.08891
+    """
+
+    def compute(self, data: LayerData) -> Tensor:
+        g = _grads(data)
+        return torch.relu((g * data.activations.unsqueeze(1)).sum(dim=2))
+
+
+@register_method("gradcam-elementwise")
+class GradCAMElementWise(Method):
+    """Element-wise Grad-CAM: ReLU of gradient x activation per element, summed over channels.
+
+    ``M = sum_k ReLU(dy/dA_k * A_k)``. A variant introduced by pytorch-grad-cam (no paper);
+    it keeps positive evidence per element before channels can cancel each other.
+    """
+
+    def compute(self, data: LayerData) -> Tensor:
+        g = _grads(data)
+        return torch.relu(g * data.activations.unsqueeze(1)).sum(dim=2)
+
+
+@register_method("layercam")
+class LayerCAM(Method):
+    """LayerCAM: activations weighted by their own positive gradients, location by location.
+
+    ``M = ReLU(sum_k ReLU(dy/dA_k) * A_k)``; reliable on shallow layers too.
+    Jiang et al., IEEE TIP 2021, https://doi.org/10.1109/TIP.2021.3089943
+    """
+
+    def compute(self, data: LayerData) -> Tensor:
+        g = _grads(data)
+        return torch.relu((torch.relu(g) * data.activations.unsqueeze(1)).sum(dim=2))
+
+
+@register_method("eigengradcam")
+class EigenGradCAM(Method):
+    """Eigen-Grad-CAM: first principal component of gradient x activation, then ReLU.
+
+    ``M = ReLU((G * A) v1)`` with ``v1`` the first right singular vector of the (P, C)
+    matrix of ``G * A``; class-specific, unlike Eigen-CAM. A pytorch-grad-cam variant of
+    Eigen-CAM (Muhammad & Yeasin 2020, https://arxiv.org/abs/2008.00299).
+    ``center=True`` subtracts the per-channel mean first, as pytorch-grad-cam does;
+    the sign is fixed so the map agrees with ``sum_k G_k A_k`` (SVD's sign is arbitrary).
+    """
+
+    def __init__(self, center: bool = False) -> None:
+        self.center = bool(center)
+
+    def compute(self, data: LayerData) -> Tensor:
+        g = _grads(data)
+        prod = g * data.activations.unsqueeze(1)  # (B, K, C, *S)
+        b, k = prod.shape[:2]
+        proj = first_principal_projection(prod.flatten(0, 1), center=self.center)
+        return torch.relu(proj.view(b, k, *proj.shape[1:]))

@@ -1,0 +1,111 @@
+"""Small seeded models shared by the tests (no downloads, all on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """conv-bn-relu(inplace) x2 -> GAP -> linear: a CAM-style classifier of 5 classes."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+class ResidualNet(nn.Module):
+    """A ResNet-style block whose bn2 output is changed in place (``out += identity``, relu_)."""
+
+    def __init__(self, inplace: bool = True) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = torch.relu(self.stem(x))
+        out = torch.relu(self.bn1(self.conv1(identity)))
+        out = self.bn2(self.conv2(out))
+        if self.inplace:
+            out += identity
+            out = torch.relu_(out)
+        else:
+            out = torch.relu(out + identity)
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial running statistics so eval mode matters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+@pytest.fixture
+def tiny() -> TinyNet:
+    torch.manual_seed(0)
+    return randomize_bn(TinyNet()).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def model_state(model: nn.Module) -> dict:
+    """Everything camlens promises to leave unchanged."""
+    return {
+        "modes": [(n, m.training) for n, m in model.named_modules()],
+        "requires_grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "grads": [
+            (n, None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()
+        ],
+        "grad_ids": [(n, id(p.grad)) for n, p in model.named_parameters()],
+        "hooks": [
+            (
+                n,
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(getattr(m, "_backward_pre_hooks", {})),
+            )
+            for n, m in model.named_modules()
+        ],
+        "params": [(n, p.detach().clone()) for n, p in model.named_parameters()],
+        "buffers": [(n, b.detach().clone()) for n, b in model.named_buffers()],
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    for key in ("modes", "requires_grad", "grad_ids", "hooks"):
+        assert before[key] == after[key], key
+    for key in ("grads", "params", "buffers"):
+        for (n1, a), (n2, b) in zip(before[key], after[key]):
+            assert n1 == n2
+            if a is None or b is None:
+                assert a is None and b is None, (key, n1)
+            else:
+                assert torch.equal(a, b), (key, n1)

@@ -1,0 +1,191 @@
+"""Golden values computed by hand for every method on a model whose A and dy/dA are known.
+
+The "layer" is a 1x1 convolution with identity weights, so its activations A are the
+input itself; the head is ``Linear(flatten(A))``, so dy_0/dA is row 0 of the linear
+weight. With
+
+    A0 = [[1, 2], [1, 1]]      A1 = [[0, 1], [3, -1]]
+    G0 = [[1, 0], [-1, 2]]     G1 = [[0.5, -1], [1, -2]]
+
+every formula below was worked out on paper (see each test's comment).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import camlens
+
+A = torch.tensor([[[1.0, 2.0], [1.0, 1.0]], [[0.0, 1.0], [3.0, -1.0]]])
+G = torch.tensor([[[1.0, 0.0], [-1.0, 2.0]], [[0.5, -1.0], [1.0, -2.0]]])
+
+
+class HandModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Conv2d(2, 2, 1, bias=False)
+        self.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+            self.head.weight.copy_(torch.stack([G.flatten(), -G.flatten(), torch.zeros(8)]))
+            self.head.bias.copy_(torch.tensor([10.0, 0.0, 5.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.layer(x), 1))
+
+
+def raw(method: str, target=0, **kw) -> torch.Tensor:
+    model = HandModel().eval()
+    return camlens.explain(
+        model, A[None], method=method, layer="layer", target=target, size=None,
+        normalize=False, **kw
+    )[0]
+
+
+def t(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_gradcam():
+    # alpha0 = mean(G0) = 2/4 = 0.5 ; alpha1 = mean(G1) = -1.5/4 = -0.375
+    # 0.5*A0 - 0.375*A1 = [[0.5, 0.625], [-0.625, 0.875]] -> ReLU
+    assert torch.allclose(raw("gradcam"), t([[0.5, 0.625], [0.0, 0.875]]), atol=1e-6)
+
+
+def test_gradcam_counterfactual():
+    # negated gradients: -0.5*A0 + 0.375*A1 = [[-0.5, -0.625], [0.625, -0.875]] -> ReLU
+    m = camlens.explain(HandModel(), A[None], layer="layer", target=0, size=None,
+                        normalize=False, counterfactual=True)[0]
+    assert torch.allclose(m, t([[0.0, 0.0], [0.625, 0.0]]), atol=1e-6)
+
+
+def test_gradcam_plus_plus():
+    # a = g^2 / (2 g^2 + S g^3), S0 = sum A0 = 5, S1 = sum A1 = 3
+    # ch0, g = 1, 0, -1, 2: a = 1/7, 0, -1/3, 1/12 ; w0 = 1/7 + 2/12 = 13/42
+    # ch1, g = .5, -1, 1, -2: a = 2/7, -1, 1/5, -1/4 ; w1 = 2/7*.5 + 1/5 = 12/35
+    # 13/42*A0 + 12/35*A1 = [[13/42, 101/105], [281/210, -1/30]] -> ReLU
+    want = t([[13 / 42, 101 / 105], [281 / 210, 0.0]])
+    assert torch.allclose(raw("gradcam++"), want, atol=1e-6)
+
+
+def test_xgradcam():
+    # w0 = sum(G0*A0)/5 = 2/5 ; w1 = sum(G1*A1)/3 = 4/3
+    # 0.4*A0 + 4/3*A1 = [[0.4, 0.8 + 4/3], [0.4 + 4, 0.4 - 4/3]] -> ReLU
+    want = t([[0.4, 0.8 + 4 / 3], [4.4, 0.0]])
+    assert torch.allclose(raw("xgradcam"), want, atol=1e-6)
+
+
+def test_hirescam():
+    # G0*A0 = [[1, 0], [-1, 2]] ; G1*A1 = [[0, -1], [3, 2]] ; sum -> ReLU
+    assert torch.allclose(raw("hirescam"), t([[1.0, 0.0], [2.0, 4.0]]), atol=1e-6)
+
+
+def test_gradcam_elementwise():
+    # ReLU(G0*A0) + ReLU(G1*A1) = [[1, 0], [0, 2]] + [[0, 0], [3, 2]]
+    assert torch.allclose(raw("gradcam-elementwise"), t([[1.0, 0.0], [3.0, 4.0]]), atol=1e-6)
+
+
+def test_layercam():
+    # ReLU(G0)*A0 + ReLU(G1)*A1 = [[1, 0], [0, 2]] + [[0, 0], [3, 0]]
+    assert torch.allclose(raw("layercam"), t([[1.0, 0.0], [3.0, 2.0]]), atol=1e-6)
+
+
+def test_eigencam():
+    # rows (one per location) X = [[1,0],[2,1],[1,3],[1,-1]]; X^T X = [[7,4],[4,11]]
+    # top eigenvalue 9 + 2*sqrt(5), eigenvector ~ (2, 1 + sqrt(5)); project, ReLU
+    v = torch.tensor([2.0, 1.0 + math.sqrt(5.0)])
+    v = v / v.norm()
+    x = A.flatten(1).T
+    want = torch.relu(x @ v).view(2, 2)
+    assert torch.allclose(raw("eigencam"), want, atol=1e-5)
+    assert torch.allclose(want, t([[0.52573, 1.90211], [3.07768, 0.0]]), atol=1e-4)
+
+
+def test_eigengradcam():
+    # rows of G*A: [[1,0],[0,-1],[-1,3],[2,2]]; Gram [[6,1],[1,14]]
+    # top eigenvalue 10 + sqrt(17), eigenvector ~ (1, 4 + sqrt(17)); sign agrees with sum_k G_k A_k
+    v = torch.tensor([1.0, 4.0 + math.sqrt(17.0)])
+    v = v / v.norm()
+    x = (G * A).flatten(1).T
+    want = torch.relu(x @ v).view(2, 2)
+    assert torch.allclose(raw("eigengradcam"), want, atol=1e-5)
+    assert torch.allclose(want, t([[0.12218, 0.0], [2.85535, 2.22939]]), atol=1e-4)
+
+
+class GapModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Conv2d(2, 2, 1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+            self.fc.weight.copy_(torch.tensor([[2.0, -1.0], [0.0, 1.0]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.layer(x)).flatten(1))
+
+
+def test_cam():
+    # class 0: 2*A0 - A1 = [[2, 3], [-1, 3]] -> ReLU ; class 1: A1 -> ReLU
+    m = camlens.explain(GapModel(), A[None], method="cam", layer="layer",
+                        target=camlens.TopK(2), size=None, normalize=False)[0]
+    # logits: class 0 = 2*mean(A0) - mean(A1) = 2.5 - 0.75 = 1.75 ; class 1 = 0.75
+    assert torch.allclose(m[0], t([[2.0, 3.0], [0.0, 3.0]]))
+    assert torch.allclose(m[1], t([[0.0, 1.0], [3.0, 0.0]]))
+
+
+def test_cam_gradcam_hirescam_agree_on_gap_linear():
+    model = GapModel()
+    cam = camlens.explain(model, A[None], method="cam", layer="layer", size=None, normalize=False)
+    grad = camlens.explain(model, A[None], method="gradcam", layer="layer", size=None,
+                           normalize=False)
+    hires = camlens.explain(model, A[None], method="hirescam", layer="layer", size=None,
+                            normalize=False)
+    # dy/dA = w / (H*W): Grad-CAM and HiResCAM are CAM / 4 here
+    assert torch.allclose(grad * 4, cam) and torch.allclose(hires * 4, cam)
+
+
+def test_topk_orders_classes_by_score():
+    # logits: 10 + sum(G*A) = 10 + 2 + 4 = 16 ; -(6) = -6 ; 5 -> order 0, 2, 1
+    model = HandModel()
+    explainer = camlens.Explainer(model, "hirescam", layer="layer")
+    maps = explainer(A[None], target=camlens.TopK(3), size=None, normalize=False)
+    assert maps.shape == (1, 3, 2, 2)
+    assert explainer.last_classes.tolist() == [[0, 2, 1]]
+    assert torch.allclose(maps[0, 0], t([[1.0, 0.0], [2.0, 4.0]]))
+    assert torch.equal(maps[0, 1], torch.zeros(2, 2))  # class 2 has zero weights
+    # class 1 has weights -G: sum -G*A = [[-1, 1], [-2, -4]] -> ReLU
+    assert torch.allclose(maps[0, 2], t([[0.0, 1.0], [0.0, 0.0]]))
+
+
+def test_normalize_and_upsample():
+    m = camlens.explain(HandModel(), A[None], method="hirescam", layer="layer", target=0,
+                        size=None)
+    assert torch.allclose(m[0], t([[0.25, 0.0], [0.5, 1.0]]))
+    big = camlens.explain(HandModel(), A[None], method="hirescam", layer="layer", target=0,
+                          size=(4, 4), normalize=False)[0]
+    # bilinear, align_corners=False: output pixel centres at (i + .5)/2 - .5 = -0.25, 0.25, ...
+    assert big.shape == (4, 4)
+    assert torch.allclose(big[0, 0], torch.tensor(1.0))  # clamped corner
+    want = 0.5625 * 1 + 0.1875 * 0 + 0.1875 * 2 + 0.0625 * 4
+    assert torch.allclose(big[1, 1], torch.tensor(want))
+
+
+@pytest.mark.parametrize("method", camlens.available_methods())
+def test_all_zero_map_stays_zero(method):
+    model = HandModel()
+    with torch.no_grad():
+        model.head.weight.zero_()
+    if method == "cam":  # cam needs a GAP head: GapModel with zero weights
+        model = GapModel()
+        with torch.no_grad():
+            model.fc.weight.zero_()
+    x = torch.zeros(1, 2, 2, 2)
+    out = camlens.explain(model, x, method=method, layer="layer", target=0)
+    assert torch.equal(out, torch.zeros(1, 2, 2))
