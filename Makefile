@@ -22,7 +22,7 @@ $(VENV)/.test: $(PY) pyproject.toml
 	touch $@
 
 demo: $(VENV)/.demo
-	$(PY) examples/quickstart.py camlens-demo
+	$(VENV)/bin/camlens demo --out camlens-demo
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check src tests bench examples

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from . import methods as _methods  # noqa: F401  (registers the methods)
 from . import targets
-from ._explainer import Explainer, explain
+from ._derive import boxes, masks
+from ._explainer import Explainer, compare, explain
 from ._registry import available_methods, describe, register_method
+from .models import load_model
 from .targets import ClassTarget, SoftmaxTarget, TopK
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """Import ``camlens.viz`` (needs Pillow) and ``camlens.cli`` only when first used."""
+    if name in ("viz", "cli"):
+        import importlib
+
+        return importlib.import_module(f"camlens.{name}")
+    raise AttributeError(f"module 'camlens' has no attribute {name!r}")
+
 
 __all__ = [
     "ClassTarget",
@@ -21,8 +33,12 @@ __all__ = [
     "TopK",
     "__version__",
     "available_methods",
+    "boxes",
+    "compare",
     "describe",
     "explain",
+    "load_model",
+    "masks",
     "register_method",
     "targets",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ class PassResult:
 def run_pass(
     model: nn.Module,
     inputs: Tensor,
-    method: Method,
+    methods: Sequence[Method],
     layers: list[tuple[str, nn.Module]] | None,
     target: Any,
     *,
@@ -39,14 +40,18 @@ def run_pass(
 ) -> PassResult:
     """Run the model once, take the target scores and their gradients at the layers.
 
-    Gradients come from ``torch.autograd.grad`` with respect to the captured layer outputs
-    only (never ``.backward()``: no parameter's ``.grad`` is touched). K targets per image
-    are differentiated together by batched vector-Jacobian products.
+    One pass serves all ``methods``: gradients are computed if any needs them, the
+    classifier is read if any needs it. Gradients come from ``torch.autograd.grad`` with
+    respect to the captured layer outputs only (never ``.backward()``: no parameter's
+    ``.grad`` is touched). K targets per image are differentiated together by batched
+    vector-Jacobian products.
     """
-    need_grads = method.needs_gradients
+    need_grads = any(m.needs_gradients for m in methods)
+    need_classifier = any(m.needs_classifier for m in methods)
     if need_grads and torch.is_inference_mode_enabled():
+        names = ", ".join(m.name for m in methods if m.needs_gradients)
         raise RuntimeError(
-            f"{method.name} needs gradients, which torch.inference_mode() forbids; call "
+            f"{names} needs gradients, which torch.inference_mode() forbids; call "
             "camlens outside inference_mode (torch.no_grad() is fine)"
         )
     with ModelGuard(model, eval_mode):
@@ -54,7 +59,7 @@ def run_pass(
             layers = [find_auto_layer(model, inputs)]
         with ExitStack() as stack:
             capture = stack.enter_context(LayerCapture(layers, grads=need_grads))
-            linears = stack.enter_context(LinearCapture(model)) if method.needs_classifier else None
+            linears = stack.enter_context(LinearCapture(model)) if need_classifier else None
             with torch.no_grad():
                 output = model(inputs)
         for (name, _), out in zip(layers, capture.outputs):
@@ -76,10 +81,13 @@ def run_pass(
             g = to_channels_first(grads[i], inputs.shape, reshape, lead=2)
             if counterfactual:
                 g = -g
-        weight = None
-        if method.needs_classifier:
+        weight: Tensor | ValueError | None = None
+        if need_classifier:
             assert linears is not None
-            weight = _classifier_weight(linears, acts, output, names[i])
+            try:
+                weight = _classifier_weight(linears, acts, output, names[i])
+            except ValueError as err:  # raised by the methods that need it, not the others
+                weight = err
         if acts.dtype in (torch.float16, torch.bfloat16):
             acts = acts.float()
             g = g.float() if g is not None else None

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._engine import run_pass
+from ._engine import PassResult, run_pass
 from ._layers import LayerSpec, Reshape, resolve_layers
 from ._postprocess import fuse, normalize, upsample
-from ._registry import create_method
+from ._registry import available_methods, create_method
 from ._validate import check_inputs, check_model, check_size
+from .methods._base import Method
 from .targets import TargetLike, as_target
 
 
@@ -75,7 +77,7 @@ class Explainer:
         result = run_pass(
             self.model,
             inputs,
-            self.method,
+            [self.method],
             self._layers,
             as_target(target),
             counterfactual=counterfactual,
@@ -85,24 +87,7 @@ class Explainer:
         self.layer_names = result.layer_names
         self.last_output = _detach(result.output)
         self.last_classes = result.classes
-
-        maps = [self.method.compute(d) for d in result.layers]
-        if size == "input":
-            out_size: tuple[int, ...] = tuple(inputs.shape[2:])
-        elif size is None:
-            out_size = max((tuple(m.shape[2:]) for m in maps), key=lambda s: torch.Size(s).numel())
-        else:
-            out_size = size
-        if len(out_size) != maps[0].ndim - 2:
-            raise ValueError(
-                f"size {out_size} does not match the maps' {maps[0].ndim - 2} spatial dimensions"
-            )
-        resized = [upsample(m.float(), out_size) for m in maps]
-        fused = fuse(resized)
-        if normalize:
-            fused = normalize_maps(fused)
-        fused = fused.to(device=inputs.device, dtype=torch.float32)
-        return fused[:, 0] if result.single else fused
+        return _finish(self.method, result, inputs, size, normalize)
 
     def __enter__(self) -> Explainer:
         return self
@@ -123,6 +108,38 @@ class Explainer:
 
 
 normalize_maps = normalize
+
+
+class Comparison(dict):  # type: ignore[type-arg]
+    """``{method name: maps or exception}`` from :func:`compare`, plus the pass's results."""
+
+    def __init__(self, output: Any, classes: Tensor | None, layer_names: list[str]) -> None:
+        super().__init__()
+        self.output = output
+        self.classes = classes
+        self.layer_names = layer_names
+
+
+def _finish(
+    method: Method, result: PassResult, inputs: Tensor, size: Any, normalize: bool
+) -> Tensor:
+    """Method maps of every layer -> resized, fused, normalised float32 maps."""
+    maps = [method.compute(d) for d in result.layers]
+    if size == "input":
+        out_size: tuple[int, ...] = tuple(inputs.shape[2:])
+    elif size is None:
+        out_size = max((tuple(m.shape[2:]) for m in maps), key=lambda s: torch.Size(s).numel())
+    else:
+        out_size = size
+    if len(out_size) != maps[0].ndim - 2:
+        raise ValueError(
+            f"size {out_size} does not match the maps' {maps[0].ndim - 2} spatial dimensions"
+        )
+    fused = fuse([upsample(m.float(), out_size) for m in maps])
+    if normalize:
+        fused = normalize_maps(fused)
+    fused = fused.to(device=inputs.device, dtype=torch.float32)
+    return fused[:, 0] if result.single else fused
 
 
 def _detach(output: Any) -> Any:
@@ -174,3 +191,52 @@ def explain(
     )
     return explainer(inputs, target=target, size=size, normalize=normalize,
                      counterfactual=counterfactual)
+
+
+def compare(
+    model: nn.Module,
+    inputs: Tensor,
+    methods: Sequence[str] | None = None,
+    layer: LayerSpec = "auto",
+    target: TargetLike = None,
+    size: Any = "input",
+    normalize: bool = True,
+    counterfactual: bool = False,
+    *,
+    reshape: Reshape | None = None,
+    eval_mode: bool = True,
+    errors: str = "raise",
+) -> Comparison:
+    """Maps of several methods from ONE forward and gradient pass: ``{name: maps}``.
+
+    Every method sees the same activations and gradients, so comparing six methods costs
+    about as much as one. ``methods=None`` takes every registered method that works from a
+    single pass. With ``errors="keep"`` a method that cannot apply (``cam`` on a model
+    without a GAP + linear head, a class-agnostic method with ``counterfactual=True``) gets
+    its exception as value instead of stopping the others. The result also carries the
+    model ``output``, the explained ``classes`` and the ``layer_names``.
+    """
+    check_model(model)
+    if errors not in ("raise", "keep"):
+        raise ValueError(f"errors must be 'raise' or 'keep', got {errors!r}")
+    names = list(methods) if methods is not None else available_methods()
+    if not names:
+        raise ValueError("methods is empty; name at least one, see camlens.available_methods()")
+    chosen = [create_method(n) for n in names]
+    inputs = check_inputs(inputs, model)
+    size = check_size(size)
+    result = run_pass(
+        model, inputs, chosen, resolve_layers(model, layer), as_target(target),
+        counterfactual=counterfactual, reshape=reshape, eval_mode=eval_mode,
+    )
+    out = Comparison(_detach(result.output), result.classes, result.layer_names)
+    for method in chosen:
+        try:
+            if counterfactual and not method.class_specific:
+                raise ValueError(f"{method.name} is class-agnostic: counterfactual does not apply")
+            out[method.name] = _finish(method, result, inputs, size, normalize)
+        except ValueError as err:
+            if errors == "raise":
+                raise
+            out[method.name] = err
+    return out

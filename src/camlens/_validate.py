@@ -9,6 +9,12 @@ from torch import Tensor, nn
 
 
 def check_model(model: Any) -> nn.Module:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "camlens reads layers through forward hooks, which TorchScript modules do not "
+            "support; explain the eager model instead (its class and state dict, e.g. "
+            "--model torchvision:resnet50 --weights FILE)"
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__}; for a TorchScript "

@@ -27,6 +27,8 @@ class CAM(Method):
     needs_classifier = True
 
     def compute(self, data: LayerData) -> Tensor:
+        if isinstance(data.classifier_weight, ValueError):
+            raise data.classifier_weight
         if data.classes is None or data.classifier_weight is None:
             raise ValueError(
                 "cam needs class indices as target (None, an int, a list of ints or TopK); "

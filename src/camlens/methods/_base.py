@@ -15,7 +15,8 @@ class LayerData:
 
     Shapes: ``activations`` (B, C, *S); ``gradients`` (B, K, C, *S) or ``None`` for
     gradient-free methods; ``classes`` (B, K) class indices when the target names classes;
-    ``classifier_weight`` (num_classes, C) for methods that read the linear head.
+    ``classifier_weight`` (num_classes, C) for methods that read the linear head, or the
+    ``ValueError`` that says why the model has none.
     ``S`` is the layer's spatial shape (one, two or three dimensions).
     """
 
@@ -23,7 +24,7 @@ class LayerData:
     gradients: Tensor | None
     num_targets: int
     classes: Tensor | None = None
-    classifier_weight: Tensor | None = None
+    classifier_weight: Tensor | ValueError | None = None
     counterfactual: bool = False
 
     @property

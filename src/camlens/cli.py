@@ -1,0 +1,461 @@
+"""The ``camlens`` command: explain images, run the demo, list methods and models."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._errors import closest, unknown_choice
+from ._explainer import compare
+from ._layers import resolve_layers
+from ._registry import available_methods, describe
+from .models import DEFAULT_MODEL, available_models, load_model
+from .targets import TopK
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+
+
+class CliError(Exception):
+    """A usage problem: printed as one line, exit code 2."""
+
+
+@dataclass
+class Run:
+    """What an ``explain`` run did: for the summary and the exit code."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def fail(self, name: str, reason: str) -> None:
+        self.errors.append({"file": name, "error": reason})
+        print(f"camlens: skipped {name}: {reason}", file=sys.stderr)
+
+
+class Progress:
+    """A one-line progress bar on stderr (only where it is wanted)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.start = time.perf_counter()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        filled = int(30 * self.done / max(self.total, 1))
+        bar = "#" * filled + "-" * (30 - filled)
+        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} images  {rate:.1f} img/s")
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``camlens`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except CliError as err:
+        print(f"camlens: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camlens: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camlens", description="Where does a vision model look?")
+    p.add_argument("--version", action="version", version=f"camlens {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    e = sub.add_parser("explain", help="explain images: overlays, grids, raw maps, summary.json")
+    e.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
+    _model_options(e)
+    e.add_argument("--method", default="gradcam",
+                   help="comma-separated method names, or 'all' (default: gradcam)")
+    e.add_argument("--layer", default=None, help="layer name (default: picked automatically)")
+    e.add_argument("--target", default="top1",
+                   help="top1, topK (e.g. top5), a class id or a class name (default: top1)")
+    e.add_argument("--counterfactual", action="store_true",
+                   help="negated gradients: what argues against the class")
+    e.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
+    _picture_options(e)
+    e.set_defaults(func=_cmd_explain)
+
+    d = sub.add_parser("demo", help="explain the photos that ship with scikit-image")
+    d.add_argument("--out", default="camlens-demo", help="output folder (default: camlens-demo)")
+    d.add_argument("--method", default=",".join(DEMO_METHODS))
+    _model_options(d)
+    _picture_options(d)
+    d.set_defaults(func=_cmd_demo, target="top1", layer=None, counterfactual=False)
+
+    m = sub.add_parser("methods", help="list the methods")
+    m.set_defaults(func=_cmd_methods)
+    mo = sub.add_parser("models", help="list the model specs")
+    mo.set_defaults(func=_cmd_models)
+    return p
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})")
+    p.add_argument("--weights", default=None, help="state dict file for the architecture")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow loading a fully pickled model file (runs code from the file)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=_positive, default=8)
+
+
+def _picture_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default 0.5)")
+    p.add_argument("--colormap", default="jet", help="jet, turbo, viridis, inferno, ...")
+    p.add_argument("--threshold", type=float, default=0.2,
+                   help="box threshold, fraction of the map's maximum (default 0.2)")
+    p.add_argument("--max-pixels", type=_positive, default=None,
+                   help="refuse images with more pixels (default 64 million)")
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in available_methods())
+    for name in available_methods():
+        print(f"{name:<{width}}  {describe(name)}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    for spec, text in available_models():
+        print(f"{spec:<22}  {text}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from skimage import data
+    except ImportError:
+        raise CliError(
+            "the demo photos come from scikit-image: pip install 'camlens[demo]'"
+        ) from None
+    from .viz import save_image
+
+    out = Path(args.out)
+    folder = out / "images"
+    for name in DEMO_PHOTOS:
+        save_image(getattr(data, name)(), folder / f"{name}.png")
+    args.paths = [str(folder)]
+    code = _cmd_explain(args)
+    grids = sorted(out.glob("*_grid.png"))
+    print(f"explained {len(DEMO_PHOTOS)} photos with {args.method}")
+    for g in grids:
+        print(f"  {g}")
+    print(f"summary: {out / 'summary.json'}")
+    return code
+
+
+# ---------------------------------------------------------------- explain
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .viz import DEFAULT_MAX_PIXELS, ImageError, available_colormaps, load_image
+
+    methods = _parse_methods(args.method)
+    if args.colormap not in available_colormaps():
+        raise CliError(str(unknown_choice("colormap", args.colormap, available_colormaps())))
+    if not 0 <= args.alpha <= 1:
+        raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not 0 <= args.threshold <= 1:
+        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
+    run = Run()
+    files = _collect(args.paths, run)
+    try:
+        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model)
+    except (ValueError, ImportError, TypeError) as err:
+        raise CliError(str(err)) from None
+    target = _parse_target(args.target, labels)
+    layer: Any = "auto"
+    if args.layer:
+        try:
+            resolve_layers(model, args.layer)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+        layer = args.layer
+    device = _device(args.device)
+    model.to(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _output_names(files)
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    show = args.progress == "always" or (
+        args.progress == "auto" and len(files) > 4 and sys.stderr.isatty()
+    )
+    progress = Progress(len(files), show)
+    method_errors: dict[str, str] = {}
+    layer_names: list[str] = []
+    for start in range(0, len(files), args.batch_size):
+        chunk = list(range(start, min(start + args.batch_size, len(files))))
+        loaded = []
+        for i in chunk:
+            try:
+                rgb = load_image(files[i][0], max_pixels=max_pixels)
+                loaded.append((i, rgb, preprocess(rgb)))
+            except ImageError as err:
+                run.fail(files[i][1], str(err).removeprefix(f"{files[i][0]}: "))
+            except (OSError, ValueError) as err:
+                run.fail(files[i][1], f"{type(err).__name__}: {err}")
+        if loaded:
+            x = torch.stack([t for _, _, t in loaded]).to(device)
+            result = compare(model, x, methods, layer, target,
+                             counterfactual=args.counterfactual, errors="keep")
+            layer_names = result.layer_names
+            for name, value in result.items():
+                if isinstance(value, Exception) and name not in method_errors:
+                    method_errors[name] = str(value)
+                    print(f"camlens: method {name} failed: {value}", file=sys.stderr)
+            _write_batch(args, out, loaded, files, names, result, preprocess, labels, run)
+        progress.advance(len(chunk))
+    summary = {
+        "camlens": __version__,
+        "model": args.model,
+        "layer": layer_names,
+        "methods": methods,
+        "target": args.target,
+        "counterfactual": bool(args.counterfactual),
+        "images": run.images,
+        "errors": run.errors,
+        "method_errors": method_errors,
+    }
+    from .viz import atomic_write
+
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode("utf-8"))
+    ok = len(run.images)
+    print(f"camlens: explained {ok} image(s) into {out}"
+          + (f"; {len(run.errors)} failed" if run.errors else ""), file=sys.stderr)
+    return 1 if run.errors or method_errors else 0
+
+
+def _parse_methods(text: str) -> list[str]:
+    if text.strip().lower() == "all":
+        return available_methods()
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise CliError("--method is empty; see `camlens methods`")
+    valid = available_methods()
+    out = []
+    for n in names:
+        key = n.lower().replace("_", "-")
+        if key not in valid:
+            raise CliError(str(unknown_choice("method", n, valid, "See `camlens methods`")))
+        out.append(key)
+    return list(dict.fromkeys(out))
+
+
+def _parse_target(text: str, labels: Sequence[str]) -> Any:
+    t = text.strip()
+    m = re.fullmatch(r"top(\d+)", t.lower())
+    if m:
+        k = int(m.group(1))
+        if not 1 <= k <= len(labels):
+            raise CliError(f"--target {t}: k must be between 1 and {len(labels)}")
+        return None if k == 1 else TopK(k)
+    if re.fullmatch(r"\d+", t):
+        idx = int(t)
+        if idx >= len(labels):
+            raise CliError(f"--target {idx} is out of range: the model has {len(labels)} classes")
+        return idx
+    norm = [lab.lower().replace("_", " ") for lab in labels]
+    key = t.lower().replace("_", " ")
+    if key in norm:
+        return norm.index(key)
+    near = closest(t, labels, n=5)
+    raise CliError(
+        f"unknown class name {t!r}; closest: {', '.join(repr(n) for n in near)} "
+        "(or use top1, top5 or a class id)"
+    )
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available; use --device cpu")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise CliError("--device mps: MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _collect(paths: Sequence[str], run: Run) -> list[tuple[Path, str, str]]:
+    """(file, display name, name relative to its folder argument) for every image.
+
+    Folders are walked recursively for files with an image suffix; a file named on the
+    command line is always tried (and reported if it is not an image).
+    """
+    files: list[tuple[Path, str, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                looked = ", ".join(IMAGE_SUFFIXES)
+                run.fail(raw, f"no image files in this folder (looked for {looked})")
+            files += [(f, str(f), str(f.relative_to(p).with_suffix(""))) for f in found]
+        elif p.exists():
+            files.append((p, raw, p.stem))
+        else:
+            run.fail(raw, "no such file or directory")
+    return files
+
+
+def _output_names(files: Sequence[tuple[Path, str, str]]) -> list[str]:
+    """A safe, unique file stem per image: letters, digits, '.', '_' and '-' only;
+    sub-folders become ``__`` so that nothing is written outside the output folder."""
+    taken: set[str] = set()
+    names = []
+    for _, _, rel in files:
+        stem = "__".join(part for part in Path(rel).parts if part not in ("/", "..", "."))
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[-120:] or "image"
+        candidate, n = stem, 2
+        while candidate in taken:
+            candidate, n = f"{stem}-{n}", n + 1
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _inside(out: Path, name: str) -> Path:
+    target = (out / name).resolve()
+    if not target.is_relative_to(out.resolve()):
+        raise CliError(f"refusing to write {target}: outside the output folder {out}")
+    return target
+
+
+def _write_batch(
+    args: argparse.Namespace,
+    out: Path,
+    loaded: list[tuple[int, np.ndarray, torch.Tensor]],
+    files: Sequence[tuple[Path, str, str]],
+    names: Sequence[str],
+    result: Any,
+    preprocess: Any,
+    labels: Sequence[str],
+    run: Run,
+) -> None:
+    from ._derive import boxes
+    from .viz import atomic_write, grid, overlay
+
+    probs = _probabilities(result.output)
+    good = {k: v for k, v in result.items() if not isinstance(v, Exception)}
+    classes = result.classes
+    for b, (i, rgb, _) in enumerate(loaded):
+        name = names[i]
+        h, w = rgb.shape[:2]
+        x0, y0, x1, y1 = preprocess.crop_box(h, w)
+        crop = rgb[y0:y1, x0:x1]
+        sx, sy = (x1 - x0) / preprocess.crop, (y1 - y0) / preprocess.crop
+        top = probs[b].topk(min(5, probs.shape[1])) if probs is not None else None
+        entry: dict[str, Any] = {
+            "file": files[i][1],
+            "size": [w, h],
+            "crop": [x0, y0, x1, y1],
+            "predictions": [
+                {"class": int(c), "name": labels[int(c)], "probability": round(float(p), 6)}
+                for p, c in zip(top.values, top.indices)
+            ] if top is not None else [],
+            "targets": [],
+            "maps": {},
+        }
+        cls = classes[b].tolist() if classes is not None else [None]
+        entry["targets"] = [
+            {"class": c, "name": labels[c] if c is not None else None,
+             "probability": round(float(probs[b, c]), 6) if c is not None and probs is not None
+             else None}
+            for c in cls
+        ]
+        panels: list[dict[str, Any]] = [{} for _ in cls]
+        for method, maps in good.items():
+            m = maps[b]
+            m = m[None] if m.ndim == 2 else m  # (K, H, W)
+            bx = boxes(m, args.threshold)
+            flat_peak = m.flatten(1).argmax(1)
+            records = []
+            for k in range(m.shape[0]):
+                suffix = "" if m.shape[0] == 1 else f"_top{k + 1}"
+                png = _inside(out, f"{name}_{method}{suffix}.png")
+                overlay(crop, m[k].cpu(), args.alpha, args.colormap).save(png)
+                py, px = divmod(int(flat_peak[k]), m.shape[-1])
+                box = bx[k].tolist()
+                records.append({
+                    "overlay": png.name,
+                    "class": cls[k],
+                    "peak": [round(x0 + (px + 0.5) * sx), round(y0 + (py + 0.5) * sy)],
+                    "box": [round(x0 + box[0] * sx), round(y0 + box[1] * sy),
+                            round(x0 + box[2] * sx), round(y0 + box[3] * sy)],
+                })
+                title = _title(method, cls[k], labels, probs, b, args.counterfactual)
+                panels[k][title] = m[k].cpu()
+            npy = _inside(out, f"{name}_{method}.npy")
+            buf = io.BytesIO()
+            np.save(buf, (m[0] if m.shape[0] == 1 else m).cpu().numpy().astype(np.float32))
+            atomic_write(npy, buf.getvalue())
+            entry["maps"][method] = {"npy": npy.name, "targets": records}
+        grids = []
+        for k, panel in enumerate(panels):
+            if not panel:
+                continue
+            suffix = "" if len(panels) == 1 else f"_top{k + 1}"
+            path = _inside(out, f"{name}_grid{suffix}.png")
+            grid(crop, panel, alpha=args.alpha, colormap=args.colormap).save(path)
+            grids.append(path.name)
+        entry["grids"] = grids
+        run.images.append(entry)
+
+
+def _probabilities(output: Any) -> torch.Tensor | None:
+    from .targets import find_logits
+
+    try:
+        logits = find_logits(output)
+    except (TypeError, ValueError):
+        return None
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _title(method: str, cls: Any, labels: Sequence[str], probs: Any, b: int, counter: bool) -> str:
+    if cls is None:
+        return method
+    label = labels[cls]
+    p = f" {float(probs[b, cls]):.1%}" if probs is not None else ""
+    return f"{method}{' (against)' if counter else ''}: {label}{p}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

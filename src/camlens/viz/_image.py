@@ -1,0 +1,200 @@
+"""Reading images safely into RGB uint8 arrays, and writing pictures atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Images with more pixels than this are refused (decompression bombs); 64 megapixels."""
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with the reason (unreadable, truncated, too large...)."""
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading and writing images needs Pillow: pip install 'camlens[cli]'"
+        ) from None
+    return Image
+
+
+def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image into an RGB uint8 array (H, W, 3).
+
+    Accepts a path, a PIL image, a numpy array (HWC or HW; uint8, uint16 or float in
+    [0, 1]) or a tensor (CHW or HW; float in [0, 1] or uint8). EXIF orientation is applied,
+    transparency is composited on white, grayscale is repeated, 16-bit is scaled to 8-bit.
+    Raises :class:`ImageError` for unreadable, non-image, truncated or too large files.
+    """
+    Image = _pil()
+    if isinstance(source, (str, os.PathLike)):
+        return _from_pil(_open(Path(source), max_pixels), max_pixels)
+    if isinstance(source, Image.Image):
+        return _from_pil(source, max_pixels)
+    if type(source).__module__.startswith("torch"):
+        arr = source.detach().cpu()
+        if arr.ndim == 3:
+            arr = arr.permute(1, 2, 0)
+        return from_array(arr.numpy())
+    if isinstance(source, np.ndarray):
+        return from_array(source)
+    raise TypeError(
+        f"cannot read an image from {type(source).__name__}; give a path, a PIL image, a "
+        "numpy array (H, W, 3) or a tensor (3, H, W)"
+    )
+
+
+def _open(path: Path, max_pixels: int) -> Any:
+    Image = _pil()
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image")
+    try:
+        image = Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: refused as a decompression bomb ({err})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (Pillow cannot identify it)") from None
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read ({err})") from None
+    _check_pixels(image.size, max_pixels, str(path))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: truncated or corrupt image ({err})") from None
+    return image
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,}; "
+            "raise max_pixels (--max-pixels) if you trust this file"
+        )
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: empty image ({w}x{h})")
+
+
+def _from_pil(image: Any, max_pixels: int) -> np.ndarray:
+    from PIL import ImageOps
+
+    _check_pixels(image.size, max_pixels, "image")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not lose the picture
+        pass
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode != "F" else max(float(arr.max()), 1e-12)
+        gray = np.clip(np.rint(arr / top * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = _pil().new("RGBA", image.size, (255, 255, 255, 255))
+        image = _pil().alpha_composite(background, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def from_array(arr: np.ndarray) -> np.ndarray:
+    """An array (H, W), (H, W, 1|3|4) in uint8, uint16 or float [0, 1] -> RGB uint8."""
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image array (H, W, 3), got shape {a.shape}")
+    if a.dtype == np.uint8:
+        out = a.astype(np.float64) / 255
+    elif a.dtype == np.uint16:
+        out = a.astype(np.float64) / 65535
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("the image array contains NaN or inf")
+        if a.min() < -1e-6 or a.max() > 1 + 1e-6:
+            raise ValueError(
+                f"a float image must lie in [0, 1], got [{a.min():.3g}, {a.max():.3g}]; "
+                "undo the model's normalisation first"
+            )
+        out = a.astype(np.float64)
+    else:
+        raise TypeError(f"unsupported image dtype {a.dtype}; use uint8, uint16 or float")
+    if out.shape[2] == 4:
+        alpha = out[..., 3:4]
+        out = out[..., :3] * alpha + (1 - alpha)
+    if out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+class Picture(np.ndarray):
+    """An RGB uint8 array (H, W, 3) that shows itself as a picture in Jupyter.
+
+    It is a plain numpy array otherwise; :meth:`save` writes it atomically.
+    """
+
+    def __new__(cls, array: np.ndarray) -> Picture:
+        return np.asarray(array, dtype=np.uint8).view(cls)
+
+    def _repr_png_(self) -> bytes:
+        return encode_png(np.asarray(self))
+
+    def save(self, path: str | os.PathLike[str], compress_level: int = 1) -> Path:
+        """Write a PNG (or any format by suffix) atomically: whole, or not at all."""
+        return save_image(np.asarray(self), path, compress_level=compress_level)
+
+
+def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    buf = io.BytesIO()
+    image = _pil().fromarray(np.ascontiguousarray(np.clip(array, 0, 255).astype(np.uint8)))
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes to ``path`` through a temporary file in the same folder and a rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def save_image(
+    array: np.ndarray, path: str | os.PathLike[str], compress_level: int = 1
+) -> Path:
+    """Save an RGB uint8 array atomically; PNG unless the suffix names another format."""
+    target = Path(path)
+    if target.suffix.lower() in ("", ".png"):
+        return atomic_write(target, encode_png(array, compress_level))
+    buf = io.BytesIO()
+    _pil().fromarray(np.ascontiguousarray(array)).save(buf, format=_format(target))
+    return atomic_write(target, buf.getvalue())
+
+
+def _format(path: Path) -> str:
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+           ".tiff": "TIFF", ".gif": "GIF"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image format {path.suffix!r}; use .png, .jpg or .webp")
+    return fmt

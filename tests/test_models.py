@@ -1,0 +1,103 @@
+"""Model loading: the bundled default, torchvision with weight files, safety of pickles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from skimage import data
+
+import camlens
+from camlens.models import LITE_PREPROCESS, Preprocess, imagenet_labels, load_model
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model()
+
+
+def test_labels():
+    labels = imagenet_labels()
+    assert len(labels) == 1000 and labels[281] == "tabby" and labels[967] == "espresso"
+
+
+def test_default_model_predicts_the_sample_photos(default_model):
+    model, pre, labels = default_model
+    assert pre == LITE_PREPROCESS
+    x = torch.stack([pre(data.chelsea()), pre(data.coffee())])
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    top = probs.argmax(1).tolist()
+    assert 281 <= top[0] <= 285, labels[top[0]]  # a domestic cat
+    assert labels[top[1]] in ("espresso", "cup")
+    assert not model.training
+
+
+def test_lite_preprocessing_beats_imagenet_statistics(default_model):
+    """EfficientNet-Lite's TF weights expect (x - 127) / 128: clearly more confident."""
+    model, _, _ = default_model
+    imagenet = Preprocess()
+    with torch.no_grad():
+        p_lite = model(LITE_PREPROCESS(data.coffee())[None]).softmax(1).max()
+        p_imnet = model(imagenet(data.coffee())[None]).softmax(1).max()
+    assert p_lite > p_imnet + 0.05
+
+
+def test_preprocess_crop_box():
+    pre = Preprocess(256, 224)
+    assert pre.crop_box(300, 451) == (94, 19, 356, 281)
+    x = pre(np.zeros((300, 451, 3), np.uint8))
+    assert x.shape == (3, 224, 224)
+
+
+def test_torchvision_state_dict_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    model, pre, labels = load_model("torchvision:resnet18", weights=tmp_path / "r18.pth")
+    assert torch.equal(model.fc.weight, net.fc.weight)
+    assert pre.crop == 224 and labels[0] == "tench"
+    with pytest.raises(ValueError, match="resnet18"):
+        load_model("torchvision:resnet1")
+    with pytest.raises(ValueError, match="--weights"):
+        load_model("torchvision:resnet18")  # nothing cached, nothing downloaded
+
+
+def test_files_state_dict_torchscript_and_pickles(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 3))
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ValueError, match="state dict.*--model torchvision"):
+        load_model(str(tmp_path / "sd.pt"))
+
+    torch.jit.script(net).save(str(tmp_path / "ts.pt"))
+    scripted, _, labels = load_model(str(tmp_path / "ts.pt"))
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    assert labels == ["class 0", "class 1", "class 2"]
+    with pytest.raises(TypeError, match="TorchScript.*eager"):
+        camlens.explain(scripted, torch.randn(1, 3, 8, 8))
+
+    torch.save(net, tmp_path / "full.pt")
+    with pytest.raises(ValueError, match="trust"):
+        load_model(str(tmp_path / "full.pt"))
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        model, _, _ = load_model(str(tmp_path / "full.pt"), trust=True)
+    assert torch.equal(model[0].weight, net[0].weight)
+
+
+def test_unknown_spec():
+    with pytest.raises(ValueError, match="efficientnet-lite0"):
+        load_model("efficientnet-lite9")
+
+
+def test_explaining_the_default_model(default_model):
+    model, pre, _ = default_model
+    x = pre(data.chelsea())[None]
+    explainer = camlens.Explainer(model, "gradcam")
+    maps = explainer(x)
+    assert explainer.layer_names == ["_swish"]  # the head's activation, which feeds GAP
+    cam = camlens.explain(model, x, method="cam")
+    assert torch.allclose(maps, cam, atol=1e-4)
