@@ -101,3 +101,49 @@ def test_explaining_the_default_model(default_model):
     assert explainer.layer_names == ["_swish"]  # the head's activation, which feeds GAP
     cam = camlens.explain(model, x, method="cam")
     assert torch.allclose(maps, cam, atol=1e-4)
+
+
+def test_torchvision_weights_from_the_local_cache(tmp_path, monkeypatch):
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(1)
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), checkpoints / weights.url.rsplit("/", 1)[1])
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    model, _, _ = load_model("torchvision:resnet18")
+    assert torch.equal(model.conv1.weight, net.conv1.weight)
+
+
+def test_timm_with_a_weights_file(tmp_path):
+    import timm  # an optional backend; the test extra installs it
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False)
+    torch.save(net.state_dict(), tmp_path / "t.pth")
+    model, pre, labels = load_model("timm:resnet18", weights=tmp_path / "t.pth")
+    assert torch.equal(model.fc.weight, net.fc.weight)
+    assert pre.crop == 224 and len(labels) == 1000
+    maps = camlens.explain(model, pre(data.chelsea())[None])
+    assert maps.shape == (1, 224, 224)
+    with pytest.raises(ValueError, match="--weights"):
+        load_model("timm:resnet18")  # no cached weights, and nothing is downloaded
+
+
+def test_timm_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    net = timm.create_model("resnet18", pretrained=False)
+    save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
+    asked = []
+
+    def cached(repo, filename, **kwargs):
+        asked.append((repo, filename))
+        return str(tmp_path / filename) if filename == "model.safetensors" else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
+    model, _, _ = load_model("timm:resnet18")
+    assert torch.equal(model.fc.weight, net.fc.weight)
+    assert asked[0] == (net.pretrained_cfg["hf_hub_id"], "model.safetensors")

@@ -219,21 +219,40 @@ def _timm(name: str, weights: Any) -> tuple[nn.Module, Preprocess]:
         from timm.data import resolve_data_config
     except ImportError:
         raise ImportError("timm:NAME needs timm: pip install timm") from None
-    if weights is not None:
-        model = timm.create_model(name, pretrained=False)
-        model.load_state_dict(_load_state(weights))
-    else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            model = timm.create_model(name, pretrained=True)
-        except Exception as err:
+    model = timm.create_model(name, pretrained=False)
+    if weights is None:
+        weights = _timm_cached_weights(model)
+        if weights is None:
             raise ValueError(
-                f"no local weights for timm:{name} ({type(err).__name__}); pass --weights FILE"
-            ) from None
+                f"no local weights for timm:{name}: pass --weights FILE (camlens looks in the "
+                "Hugging Face cache but never downloads)"
+            )
+    if str(weights).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(weights)))
+    else:
+        model.load_state_dict(_load_state(weights))
     cfg = resolve_data_config({}, model=model)
     crop = int(cfg["input_size"][-1])
     resize = int(round(crop / float(cfg.get("crop_pct", 0.875))))
     return model, Preprocess(resize, crop, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+def _timm_cached_weights(model: nn.Module) -> str | None:
+    """The weights file of a timm model in the local Hugging Face cache (no network)."""
+    repo = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def _from_file(path: Path, trust: bool) -> tuple[nn.Module, Preprocess]:
