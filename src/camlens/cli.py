@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,26 +44,6 @@ class Run:
     def fail(self, name: str, reason: str) -> None:
         self.errors.append({"file": name, "error": reason})
         print(f"camlens: skipped {name}: {reason}", file=sys.stderr)
-
-
-class Progress:
-    """A one-line progress bar on stderr (only where it is wanted)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done = total, enabled, 0
-        self.start = time.perf_counter()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        filled = int(30 * self.done / max(self.total, 1))
-        bar = "#" * filled + "-" * (30 - filled)
-        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} images  {rate:.1f} img/s")
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,7 +160,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- explain
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .viz import DEFAULT_MAX_PIXELS, ImageError, available_colormaps, load_image
+    from .viz import DEFAULT_MAX_PIXELS, atomic_write, available_colormaps
 
     methods = _parse_methods(args.method)
     if args.colormap not in available_colormaps():
@@ -206,36 +187,29 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     model.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = _output_names(files)
-    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    job = Job(args, files, _output_names(files), out, model, preprocess, labels, target, layer,
+              device, args.max_pixels or DEFAULT_MAX_PIXELS, methods)
     show = args.progress == "always" or (
         args.progress == "auto" and len(files) > 4 and sys.stderr.isatty()
     )
-    progress = Progress(len(files), show)
     method_errors: dict[str, str] = {}
     layer_names: list[str] = []
-    for start in range(0, len(files), args.batch_size):
-        chunk = list(range(start, min(start + args.batch_size, len(files))))
-        loaded = []
-        for i in chunk:
-            try:
-                rgb = load_image(files[i][0], max_pixels=max_pixels)
-                loaded.append((i, rgb, preprocess(rgb)))
-            except ImageError as err:
-                run.fail(files[i][1], str(err).removeprefix(f"{files[i][0]}: "))
-            except (OSError, ValueError) as err:
-                run.fail(files[i][1], f"{type(err).__name__}: {err}")
-        if loaded:
-            x = torch.stack([t for _, _, t in loaded]).to(device)
-            result = compare(model, x, methods, layer, target,
-                             counterfactual=args.counterfactual, errors="keep")
-            layer_names = result.layer_names
-            for name, value in result.items():
-                if isinstance(value, Exception) and name not in method_errors:
-                    method_errors[name] = str(value)
-                    print(f"camlens: method {name} failed: {value}", file=sys.stderr)
-            _write_batch(args, out, loaded, files, names, result, preprocess, labels, run)
-        progress.advance(len(chunk))
+    # Pictures are encoded and written by two threads while the model runs the next batch.
+    pool = ThreadPoolExecutor(max_workers=2)
+    pending: list[tuple[int, Future[dict[str, Any]]]] = []
+    try:
+        for start in range(0, len(files), args.batch_size):
+            chunk = range(start, min(start + args.batch_size, len(files)))
+            pending += _explain_batch(job, chunk, run, method_errors, layer_names, pool)
+            while len(pending) > 4 * args.batch_size:  # bound the pictures held in memory
+                _collect_result(pending.pop(0), files, run)
+            if show:
+                _progress(start + len(chunk), len(files), job.started)
+    finally:
+        while pending:
+            _collect_result(pending.pop(0), files, run)
+        pool.shutdown()
+    run.images.sort(key=lambda e: e["file"])
     summary = {
         "camlens": __version__,
         "model": args.model,
@@ -247,13 +221,171 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         "errors": run.errors,
         "method_errors": method_errors,
     }
-    from .viz import atomic_write
-
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode("utf-8"))
-    ok = len(run.images)
-    print(f"camlens: explained {ok} image(s) into {out}"
+    print(f"camlens: explained {len(run.images)} image(s) into {out}"
           + (f"; {len(run.errors)} failed" if run.errors else ""), file=sys.stderr)
     return 1 if run.errors or method_errors else 0
+
+
+@dataclass
+class Job:
+    """The settings of one ``explain`` run, shared by its batches."""
+
+    args: argparse.Namespace
+    files: Sequence[tuple[Path, str, str]]
+    names: Sequence[str]
+    out: Path
+    model: torch.nn.Module
+    preprocess: Any
+    labels: Sequence[str]
+    target: Any
+    layer: Any
+    device: torch.device
+    max_pixels: int
+    methods: list[str]
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    filled = int(30 * done / max(total, 1))
+    bar = "#" * filled + "-" * (30 - filled)
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\r[{bar}] {done}/{total} images  {rate:.1f} img/s{end}")
+    sys.stderr.flush()
+
+
+def _collect_result(item: tuple[int, Future[dict[str, Any]]],
+                    files: Sequence[tuple[Path, str, str]], run: Run) -> None:
+    index, future = item
+    try:
+        run.images.append(future.result())
+    except (OSError, ValueError) as err:  # a failed write: report the image, go on
+        run.fail(files[index][1], f"could not write its outputs: {err}")
+
+
+def _explain_batch(
+    job: Job,
+    chunk: range,
+    run: Run,
+    method_errors: dict[str, str],
+    layer_names: list[str],
+    pool: ThreadPoolExecutor,
+) -> list[tuple[int, Future[dict[str, Any]]]]:
+    """Decode, preprocess and explain one batch; queue the writing of its pictures."""
+    from .viz import ImageError, load_image
+
+    loaded = []
+    for i in chunk:
+        path, shown, _ = job.files[i]
+        try:
+            rgb = load_image(path, max_pixels=job.max_pixels)
+            loaded.append((i, rgb, job.preprocess(rgb)))
+        except ImageError as err:
+            run.fail(shown, str(err).removeprefix(f"{path}: "))
+        except (OSError, ValueError) as err:
+            run.fail(shown, f"{type(err).__name__}: {err}")
+    if not loaded:
+        return []
+    x = torch.stack([t for _, _, t in loaded]).to(job.device)
+    result = compare(job.model, x, job.methods, job.layer, job.target,
+                     counterfactual=job.args.counterfactual, errors="keep")
+    layer_names[:] = result.layer_names
+    for name, value in result.items():
+        if isinstance(value, Exception) and name not in method_errors:
+            method_errors[name] = str(value)
+            print(f"camlens: method {name} failed: {value}", file=sys.stderr)
+    return [(item["index"], pool.submit(_render, job, item))
+            for item in _prepare_batch(job, loaded, result)]
+
+
+def _prepare_batch(
+    job: Job, loaded: list[tuple[int, np.ndarray, torch.Tensor]], result: Any
+) -> list[dict[str, Any]]:
+    """Everything torch computes for a batch, moved to numpy: one item per image."""
+    from ._derive import boxes
+
+    probs = _probabilities(result.output)
+    good = {k: v for k, v in result.items() if not isinstance(v, Exception)}
+    items = []
+    for b, (i, rgb, _) in enumerate(loaded):
+        maps = {}
+        for method, m in good.items():
+            m = m[b][None] if m[b].ndim == 2 else m[b]  # (K, H, W)
+            maps[method] = (m.cpu().numpy(), boxes(m, job.args.threshold).tolist(),
+                            m.flatten(1).argmax(1).tolist())
+        items.append({
+            "index": i,
+            "rgb": rgb,
+            "crop": job.preprocess.crop_box(*rgb.shape[:2]),
+            "probs": probs[b].numpy() if probs is not None else None,
+            "classes": result.classes[b].tolist() if result.classes is not None else [None],
+            "maps": maps,
+        })
+    return items
+
+
+def _render(job: Job, item: dict[str, Any]) -> dict[str, Any]:
+    """Overlays, raw maps and grids of one image, each written atomically; its summary."""
+    from .viz import atomic_write, compose_grid, overlay
+
+    args, labels = job.args, job.labels
+    i, rgb, probs, cls = item["index"], item["rgb"], item["probs"], item["classes"]
+    name = job.names[i]
+    x0, y0, x1, y1 = item["crop"]
+    crop = rgb[y0:y1, x0:x1]
+    size = job.preprocess.crop
+    sx, sy = (x1 - x0) / size, (y1 - y0) / size
+    top = np.argsort(-probs)[:5] if probs is not None else []
+    entry: dict[str, Any] = {
+        "file": job.files[i][1],
+        "size": [rgb.shape[1], rgb.shape[0]],
+        "crop": [x0, y0, x1, y1],
+        "predictions": [
+            {"class": int(c), "name": labels[int(c)], "probability": round(float(probs[c]), 6)}
+            for c in top
+        ],
+        "targets": [
+            {"class": c, "name": labels[c] if c is not None else None,
+             "probability": round(float(probs[c]), 6) if c is not None and probs is not None
+             else None}
+            for c in cls
+        ],
+        "maps": {},
+    }
+    panels: list[tuple[list[np.ndarray], list[str]]] = [([], []) for _ in cls]
+    for method, (m, bx, peaks) in item["maps"].items():
+        records = []
+        for k in range(m.shape[0]):
+            suffix = "" if m.shape[0] == 1 else f"_top{k + 1}"
+            png = _inside(job.out, f"{name}_{method}{suffix}.png")
+            picture = overlay(crop, m[k], args.alpha, args.colormap)
+            picture.save(png)
+            py, px = divmod(int(peaks[k]), m.shape[-1])
+            records.append({
+                "overlay": png.name,
+                "class": cls[k],
+                "peak": [round(x0 + (px + 0.5) * sx), round(y0 + (py + 0.5) * sy)],
+                "box": [round(x0 + bx[k][0] * sx), round(y0 + bx[k][1] * sy),
+                        round(x0 + bx[k][2] * sx), round(y0 + bx[k][3] * sy)],
+            })
+            panels[k][0].append(picture)
+            panels[k][1].append(_title(method, cls[k], labels, probs, args.counterfactual))
+        npy = _inside(job.out, f"{name}_{method}.npy")
+        buf = io.BytesIO()
+        np.save(buf, (m[0] if m.shape[0] == 1 else m).astype(np.float32))
+        atomic_write(npy, buf.getvalue())
+        entry["maps"][method] = {"npy": npy.name, "targets": records}
+    grids = []
+    for k, (pictures, titles) in enumerate(panels):
+        if not pictures:
+            continue
+        suffix = "" if len(panels) == 1 else f"_top{k + 1}"
+        path = _inside(job.out, f"{name}_grid{suffix}.png")
+        compose_grid(crop, pictures, titles).save(path)
+        grids.append(path.name)
+    entry["grids"] = grids
+    return entry
 
 
 def _parse_methods(text: str) -> list[str]:
@@ -358,87 +490,6 @@ def _inside(out: Path, name: str) -> Path:
     return target
 
 
-def _write_batch(
-    args: argparse.Namespace,
-    out: Path,
-    loaded: list[tuple[int, np.ndarray, torch.Tensor]],
-    files: Sequence[tuple[Path, str, str]],
-    names: Sequence[str],
-    result: Any,
-    preprocess: Any,
-    labels: Sequence[str],
-    run: Run,
-) -> None:
-    from ._derive import boxes
-    from .viz import atomic_write, grid, overlay
-
-    probs = _probabilities(result.output)
-    good = {k: v for k, v in result.items() if not isinstance(v, Exception)}
-    classes = result.classes
-    for b, (i, rgb, _) in enumerate(loaded):
-        name = names[i]
-        h, w = rgb.shape[:2]
-        x0, y0, x1, y1 = preprocess.crop_box(h, w)
-        crop = rgb[y0:y1, x0:x1]
-        sx, sy = (x1 - x0) / preprocess.crop, (y1 - y0) / preprocess.crop
-        top = probs[b].topk(min(5, probs.shape[1])) if probs is not None else None
-        entry: dict[str, Any] = {
-            "file": files[i][1],
-            "size": [w, h],
-            "crop": [x0, y0, x1, y1],
-            "predictions": [
-                {"class": int(c), "name": labels[int(c)], "probability": round(float(p), 6)}
-                for p, c in zip(top.values, top.indices)
-            ] if top is not None else [],
-            "targets": [],
-            "maps": {},
-        }
-        cls = classes[b].tolist() if classes is not None else [None]
-        entry["targets"] = [
-            {"class": c, "name": labels[c] if c is not None else None,
-             "probability": round(float(probs[b, c]), 6) if c is not None and probs is not None
-             else None}
-            for c in cls
-        ]
-        panels: list[dict[str, Any]] = [{} for _ in cls]
-        for method, maps in good.items():
-            m = maps[b]
-            m = m[None] if m.ndim == 2 else m  # (K, H, W)
-            bx = boxes(m, args.threshold)
-            flat_peak = m.flatten(1).argmax(1)
-            records = []
-            for k in range(m.shape[0]):
-                suffix = "" if m.shape[0] == 1 else f"_top{k + 1}"
-                png = _inside(out, f"{name}_{method}{suffix}.png")
-                overlay(crop, m[k].cpu(), args.alpha, args.colormap).save(png)
-                py, px = divmod(int(flat_peak[k]), m.shape[-1])
-                box = bx[k].tolist()
-                records.append({
-                    "overlay": png.name,
-                    "class": cls[k],
-                    "peak": [round(x0 + (px + 0.5) * sx), round(y0 + (py + 0.5) * sy)],
-                    "box": [round(x0 + box[0] * sx), round(y0 + box[1] * sy),
-                            round(x0 + box[2] * sx), round(y0 + box[3] * sy)],
-                })
-                title = _title(method, cls[k], labels, probs, b, args.counterfactual)
-                panels[k][title] = m[k].cpu()
-            npy = _inside(out, f"{name}_{method}.npy")
-            buf = io.BytesIO()
-            np.save(buf, (m[0] if m.shape[0] == 1 else m).cpu().numpy().astype(np.float32))
-            atomic_write(npy, buf.getvalue())
-            entry["maps"][method] = {"npy": npy.name, "targets": records}
-        grids = []
-        for k, panel in enumerate(panels):
-            if not panel:
-                continue
-            suffix = "" if len(panels) == 1 else f"_top{k + 1}"
-            path = _inside(out, f"{name}_grid{suffix}.png")
-            grid(crop, panel, alpha=args.alpha, colormap=args.colormap).save(path)
-            grids.append(path.name)
-        entry["grids"] = grids
-        run.images.append(entry)
-
-
 def _probabilities(output: Any) -> torch.Tensor | None:
     from .targets import find_logits
 
@@ -449,11 +500,11 @@ def _probabilities(output: Any) -> torch.Tensor | None:
     return torch.softmax(logits.float(), dim=1).cpu()
 
 
-def _title(method: str, cls: Any, labels: Sequence[str], probs: Any, b: int, counter: bool) -> str:
+def _title(method: str, cls: Any, labels: Sequence[str], probs: Any, counter: bool) -> str:
     if cls is None:
         return method
     label = labels[cls]
-    p = f" {float(probs[b, cls]):.1%}" if probs is not None else ""
+    p = f" {float(probs[cls]):.1%}" if probs is not None else ""
     return f"{method}{' (against)' if counter else ''}: {label}{p}"
 
 

@@ -104,14 +104,34 @@ def grid(
         titles = [str(t) for t in titles] if titles is not None else [""] * len(cams)
     if len(titles) != len(cams):
         raise ValueError(f"{len(cams)} maps but {len(titles)} titles")
-    rgb = load_image(image)
-    if panel_height is not None and rgb.shape[0] != panel_height:
-        width = max(1, round(rgb.shape[1] * panel_height / rgb.shape[0]))
-        rgb = np.asarray(_pil().fromarray(rgb).resize((width, panel_height), _pil().BILINEAR))
-    panels = [_labelled(rgb, image_title, font_size)]
+    rgb = _scaled(load_image(image), panel_height)
+    pictures = [overlay(rgb, cam, alpha, colormap) for cam in cams]
+    return compose_grid(rgb, pictures, titles, image_title=image_title, cols=cols,
+                        panel_height=panel_height, font_size=font_size)
+
+
+def _scaled(rgb: np.ndarray, height: int | None) -> np.ndarray:
+    if height is None or rgb.shape[0] == height:
+        return rgb
+    width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
+    return np.asarray(_pil().fromarray(rgb).resize((width, height), _pil().BILINEAR))
+
+
+def compose_grid(
+    image: np.ndarray,
+    pictures: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    image_title: str = "image",
+    cols: int | None = None,
+    panel_height: int | None = 256,
+    font_size: int = 14,
+) -> Picture:
+    """Lay out the image and ready-made overlay pictures (same size) with their titles."""
+    panels = [_labelled(_scaled(image, panel_height), image_title, font_size)]
     panels += [
-        _labelled(np.asarray(overlay(rgb, cam, alpha, colormap)), title, font_size)
-        for cam, title in zip(cams, titles)
+        _labelled(_scaled(np.asarray(p), panel_height), t, font_size)
+        for p, t in zip(pictures, titles)
     ]
     n = len(panels)
     cols = cols or (n if n <= 7 else math.ceil(math.sqrt(n)))

@@ -114,6 +114,8 @@ def _from_pil(image: Any, max_pixels: int) -> np.ndarray:
 def from_array(arr: np.ndarray) -> np.ndarray:
     """An array (H, W), (H, W, 1|3|4) in uint8, uint16 or float [0, 1] -> RGB uint8."""
     a = np.asarray(arr)
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:
+        return a if a.flags.writeable else a.copy()  # already RGB uint8
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
