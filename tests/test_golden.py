@@ -177,6 +177,15 @@ def test_normalize_and_upsample():
     assert torch.allclose(big[1, 1], torch.tensor(want))
 
 
+# Methods that cannot run on HandModel, and the clear error each gives instead.
+NOT_HERE = {
+    "guided-backprop": "needs ReLUs",
+    "guided-gradcam": "needs ReLUs",
+    "fullgrad": "with a bias",
+    "rise": "larger than",
+}
+
+
 @pytest.mark.parametrize("method", camlens.available_methods())
 def test_all_zero_map_stays_zero(method):
     model = HandModel()
@@ -187,5 +196,56 @@ def test_all_zero_map_stays_zero(method):
         with torch.no_grad():
             model.fc.weight.zero_()
     x = torch.zeros(1, 2, 2, 2)
+    if method in NOT_HERE:
+        with pytest.raises(ValueError, match=NOT_HERE[method]):
+            camlens.explain(model, x, method=method, layer="layer", target=0)
+        return
     out = camlens.explain(model, x, method=method, layer="layer", target=0)
     assert torch.equal(out, torch.zeros(1, 2, 2))
+
+
+def test_ablationcam():
+    # linear head: removing channel k lowers y_0 by sum(G_k * A_k): 2 (ch0) and 4 (ch1)
+    # y_0 = 10 + 2 + 4 = 16 -> w = (2/16, 4/16); 0.125 * A0 + 0.25 * A1
+    want = torch.relu(0.125 * A[0] + 0.25 * A[1])
+    assert torch.allclose(raw("ablationcam"), want, atol=1e-6)
+
+
+def test_shapleycam_equals_gradcam_on_a_linear_head():
+    # the score is linear in A: the Hessian term vanishes
+    assert torch.allclose(raw("shapleycam"), raw("gradcam"), atol=1e-6)
+
+
+def test_fem():
+    # ch0 = [1, 2, 1, 1]: mean 1.25, std sqrt(0.1875) = 0.433 -> k = 1: 1.683 -> only the 2
+    # ch1 = [0, 1, 3, -1]: mean 0.75, std 1.479 -> 2.229 -> only the 3; w = (1/4, 1/4)
+    want = torch.relu(0.25 * A[0] + 0.25 * A[1])
+    assert torch.allclose(raw("fem", k=1.0), want, atol=1e-6)
+
+
+def test_randomcam_uses_seeded_uniform_weights():
+    w = torch.rand(2, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    want = torch.relu(w[0] * A[0] + w[1] * A[1])
+    got = camlens.explain(HandModel(), A[None], method="randomcam", layer="layer", target=0,
+                          size=None, normalize=False, seed=5)[0]
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_scorecam_on_a_hand_model():
+    # masks: min-max of each channel (2 x 2, no resize): H0 = [[0, 1], [0, 0]],
+    # H1 = [[.25, .5], [1, 0]]; y_0(A * H) = 10 + sum(G * A * H)
+    h0 = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    h1 = torch.tensor([[0.25, 0.5], [1.0, 0.0]])
+    scores = torch.stack([10 + (G * A * h).sum() for h in (h0, h1)])
+    w = torch.softmax(scores, 0)
+    want = torch.relu(w[0] * A[0] + w[1] * A[1])
+    assert torch.allclose(raw("scorecam"), want, atol=1e-5)
+
+
+def test_rise_by_hand_with_one_all_ones_mask():
+    # p = 1 keeps every cell: every mask is all ones, so S = f(X) * 1 / 1 for every pixel
+    model = HandModel()
+    out = camlens.explain(model, A[None], method="rise", target=0, size=None, normalize=False,
+                          n_masks=3, grid=1, p=1.0)[0]
+    prob = torch.softmax(model(A[None]).detach(), 1)[0, 0]
+    assert torch.allclose(out, torch.full((2, 2), float(prob)), atol=1e-6)

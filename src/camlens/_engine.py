@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from ._capture import LayerCapture, LinearCapture
 from ._guard import ModelGuard
+from ._guided import GuidedReLUs
 from ._layers import Reshape, find_auto_layer, to_channels_first
+from ._scorer import Scorer
 from .methods._base import LayerData, Method
 
 
@@ -37,31 +39,52 @@ def run_pass(
     counterfactual: bool = False,
     reshape: Reshape | None = None,
     eval_mode: bool = True,
+    batch_size: int = 64,
+    progress: bool | Callable[[int, int], None] = False,
+    seed: int = 0,
 ) -> PassResult:
     """Run the model once, take the target scores and their gradients at the layers.
 
-    One pass serves all ``methods``: gradients are computed if any needs them, the
-    classifier is read if any needs it. Gradients come from ``torch.autograd.grad`` with
-    respect to the captured layer outputs only (never ``.backward()``: no parameter's
-    ``.grad`` is touched). K targets per image are differentiated together by batched
-    vector-Jacobian products.
+    One pass serves all ``methods``: it computes whatever any of them asks for (layer
+    gradients, Hessian-vector products, input gradients, guided input gradients, the
+    classifier's weights, a scorer for perturbed forwards). Gradients come from
+    ``torch.autograd.grad`` with respect to the captured tensors only (never
+    ``.backward()``: no parameter's ``.grad`` is touched). K targets per image are
+    differentiated together by batched vector-Jacobian products. Unless input gradients
+    are needed, the model runs without autograd until the first captured layer.
     """
     need_grads = any(m.needs_gradients for m in methods)
     need_classifier = any(m.needs_classifier for m in methods)
-    if need_grads and torch.is_inference_mode_enabled():
-        names = ", ".join(m.name for m in methods if m.needs_gradients)
+    need_hessian = any(m.needs_hessian for m in methods)
+    need_input_grads = any(m.needs_input_gradients and not m.guided for m in methods)
+    need_guided = any(m.guided for m in methods)
+    need_layer = any(m.needs_layer for m in methods)
+    if (need_grads or need_guided) and torch.is_inference_mode_enabled():
+        names = ", ".join(m.name for m in methods if m.needs_gradients or m.guided)
         raise RuntimeError(
             f"{names} needs gradients, which torch.inference_mode() forbids; call "
             "camlens outside inference_mode (torch.no_grad() is fine)"
         )
+    own = [m.own_layers(model) for m in methods if hasattr(m, "own_layers")]
+    transforms = [m for m in methods if hasattr(m, "transform_scores")]
+    noisy = [m for m in methods if getattr(m, "noise_samples", 0)]
+    if len(own) + len(transforms) + len(noisy) > 1 or (
+        (own or transforms or noisy) and len(methods) > 1
+    ):
+        raise ValueError("fullgrad, finercam and smoothgradcam++ each need a pass of their own")
     with ModelGuard(model, eval_mode):
-        if layers is None:
+        if own:
+            layers = own[0]
+        elif not need_layer:
+            layers = []
+        elif layers is None:
             layers = [find_auto_layer(model, inputs)]
+        x = inputs.detach().requires_grad_(True) if need_input_grads else inputs
         with ExitStack() as stack:
             capture = stack.enter_context(LayerCapture(layers, grads=need_grads))
             linears = stack.enter_context(LinearCapture(model)) if need_classifier else None
-            with torch.no_grad():
-                output = model(inputs)
+            with torch.enable_grad() if need_input_grads else torch.no_grad():
+                output = model(x)
         for (name, _), out in zip(layers, capture.outputs):
             if out is None:
                 raise ValueError(
@@ -71,21 +94,53 @@ def run_pass(
         srcs: list[Tensor] = capture.outputs  # type: ignore[assignment]
         with torch.enable_grad():
             classes, scores, single = _scores(target, output, inputs.shape[0])
-            grads = _gradients(scores, srcs, layers) if need_grads else None
-    names = [n for n, _ in layers]
+            if transforms:
+                scores = transforms[0].transform_scores(output, classes)
+            wrt = srcs + ([x] if need_input_grads else [])
+            names = [n for n, _ in layers] + (["input"] if need_input_grads else [])
+            grads = (
+                _gradients(scores, wrt, names, create_graph=need_hessian)
+                if need_grads and wrt else None
+            )
+            hvps = _hessian_products(grads[: len(srcs)], srcs) if need_hessian and grads else None
+        guided = (
+            _guided_gradients(model, inputs, target, classes, counterfactual)
+            if need_guided else None
+        )
+        samples = None
+        if noisy:
+            samples = _noisy_gradients(model, inputs, layers, target, classes, noisy[0], seed)
+    sign = -1.0 if counterfactual else 1.0
+    input_grads = None
+    if need_input_grads and grads is not None:
+        input_grads = grads[-1].detach() * sign
+    elif guided is not None:
+        input_grads = guided  # already of the negated score: guided ReLUs are not linear
+    scorer = None
+    if any(m.needs_scorer for m in methods):
+        scorer = Scorer(model, target, classes, eval_mode=eval_mode, batch_size=batch_size,
+                        progress=progress)
     data = []
-    for i, src in enumerate(srcs):
-        acts = to_channels_first(src.detach(), inputs.shape, reshape, lead=1)
-        g = None
-        if grads is not None:
-            g = to_channels_first(grads[i], inputs.shape, reshape, lead=2)
-            if counterfactual:
-                g = -g
+    sources = [(s, layers[i]) for i, s in enumerate(srcs)] or [(inputs, ("input", model))]
+    for i, (src, layer) in enumerate(sources):
+        if srcs:
+            acts = to_channels_first(src.detach(), inputs.shape, reshape, lead=1)
+        else:
+            acts = src
+        g = hvp = None
+        if grads is not None and srcs:
+            g = to_channels_first(grads[i].detach(), inputs.shape, reshape, lead=2) * sign
+        if hvps is not None:
+            hvp = to_channels_first(hvps[i], inputs.shape, reshape, lead=2) * sign
+        sample = None
+        if samples is not None:
+            sample = to_channels_first(samples[i].flatten(0, 1), inputs.shape, reshape, lead=2)
+            sample = sample.view(*samples[i].shape[:3], *sample.shape[2:]) * sign
         weight: Tensor | ValueError | None = None
         if need_classifier:
             assert linears is not None
             try:
-                weight = _classifier_weight(linears, acts, output, names[i])
+                weight = _classifier_weight(linears, acts, output, layer[0])
             except ValueError as err:  # raised by the methods that need it, not the others
                 weight = err
         if acts.dtype in (torch.float16, torch.bfloat16):
@@ -99,9 +154,73 @@ def run_pass(
                 classes=classes,
                 classifier_weight=weight,
                 counterfactual=counterfactual,
+                inputs=inputs,
+                input_gradients=input_grads,
+                hvp=hvp,
+                scorer=scorer,
+                layer=layer,
+                seed=seed,
+                gradient_samples=sample,
             )
         )
-    return PassResult(output, names, data, classes, single)
+    return PassResult(output, [n for n, _ in layers] or ["input"], data, classes, single)
+
+
+def _guided_gradients(model: nn.Module, inputs: Tensor, target: Any,
+                      classes: Tensor | None, counterfactual: bool = False) -> Tensor:
+    """d score / d input (B, K, C, *S) with every ReLU guided (a second, full pass)."""
+    x = inputs.detach().requires_grad_(True)
+    with GuidedReLUs() as mode, torch.enable_grad():
+        output = model(x)
+        if mode.count == 0:
+            raise ValueError(
+                "guided backpropagation needs ReLUs (nn.ReLU, F.relu or torch.relu) and "
+                f"{type(model).__name__} ran none; use a gradient method such as 'gradcam'"
+            )
+        if classes is not None and hasattr(target, "scores"):
+            scores = target.scores(output, classes)
+        else:
+            _, scores, _ = _scores(target, output, inputs.shape[0])
+        (g,) = _gradients(-scores if counterfactual else scores, [x], ["input"])
+    return g.detach()
+
+
+def _noisy_gradients(
+    model: nn.Module, inputs: Tensor, layers: list[tuple[str, nn.Module]], target: Any,
+    classes: Tensor | None, method: Any, seed: int,
+) -> list[Tensor]:
+    """Layer gradients (N, B, K, ...) at N noisy copies ``x + n``, ``n ~ N(0, std^2)``
+    (one draw per copy, shared by the images: results do not depend on the batch)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    per_sample: list[list[Tensor]] = []
+    for _ in range(method.noise_samples):
+        noise = torch.randn(inputs.shape[1:], generator=g).to(inputs) * method.noise_std
+        with LayerCapture(layers, grads=True) as capture, torch.no_grad():
+            output = model(inputs + noise)
+        with torch.enable_grad():
+            if classes is not None and hasattr(target, "scores"):
+                scores = target.scores(output, classes)
+            else:
+                _, scores, _ = _scores(target, output, inputs.shape[0])
+            grads = _gradients(scores, capture.outputs, [n for n, _ in layers])  # type: ignore[arg-type]
+        per_sample.append([gr.detach() for gr in grads])
+    return [torch.stack([s[i] for s in per_sample]) for i in range(len(layers))]
+
+
+def _hessian_products(grads: list[Tensor], srcs: list[Tensor]) -> list[Tensor]:
+    """(d/dA of (dy/dA . A)) for each layer and target: the Hessian times the activations."""
+    out = []
+    for g, a in zip(grads, srcs):
+        per_k = []
+        for k in range(g.shape[1]):
+            if not g.requires_grad:  # the gradient does not depend on A: H A = 0
+                per_k.append(torch.zeros_like(a).detach())
+                continue
+            (h,) = torch.autograd.grad(g[:, k], a, grad_outputs=a.detach(), retain_graph=True,
+                                       allow_unused=True)
+            per_k.append(torch.zeros_like(a) if h is None else h.detach())
+        out.append(torch.stack(per_k, dim=1))
+    return out
 
 
 def _scores(target: Any, output: Any, batch: int) -> tuple[Tensor | None, Tensor, bool]:
@@ -132,7 +251,7 @@ def _scores(target: Any, output: Any, batch: int) -> tuple[Tensor | None, Tensor
 
 
 def _gradients(
-    scores: Tensor, srcs: list[Tensor], layers: list[tuple[str, nn.Module]]
+    scores: Tensor, srcs: list[Tensor], names: list[str], create_graph: bool = False
 ) -> list[Tensor]:
     """d scores / d srcs as (B, K, *layer_shape) per layer, in one batched VJP."""
     if not scores.requires_grad:
@@ -142,12 +261,15 @@ def _gradients(
         )
     b, k = scores.shape
     if k == 1:
-        grads = torch.autograd.grad(scores.sum(), srcs, allow_unused=True)
+        grads = torch.autograd.grad(scores.sum(), srcs, allow_unused=True,
+                                    create_graph=create_graph)
         out = [g.unsqueeze(1) if g is not None else None for g in grads]
     else:
         eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
         basis = eye.unsqueeze(1).expand(k, b, k)
         try:
+            if create_graph:
+                raise RuntimeError("no batched products with create_graph")
             grads = torch.autograd.grad(
                 scores, srcs, grad_outputs=basis, is_grads_batched=True, allow_unused=True,
                 retain_graph=True,
@@ -155,14 +277,15 @@ def _gradients(
             out = [g.movedim(0, 1) if g is not None else None for g in grads]
         except RuntimeError:  # an op without a batching rule: fall back to K passes
             per_k = [
-                torch.autograd.grad(scores[:, j].sum(), srcs, allow_unused=True, retain_graph=True)
+                torch.autograd.grad(scores[:, j].sum(), srcs, allow_unused=True, retain_graph=True,
+                                    create_graph=create_graph)
                 for j in range(k)
             ]
             out = [
                 torch.stack([p[i] for p in per_k], dim=1) if per_k[0][i] is not None else None
                 for i in range(len(srcs))
             ]
-    for (name, _), g in zip(layers, out):
+    for name, g in zip(names, out):
         if g is None:
             raise ValueError(
                 f"layer {name!r} does not influence the target score; pick a layer on the "

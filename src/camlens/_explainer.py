@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._engine import PassResult, run_pass
 from ._layers import LayerSpec, Reshape, resolve_layers
-from ._postprocess import fuse, normalize, upsample
+from ._postprocess import fuse, upsample
+from ._postprocess import normalize as normalize_maps
 from ._registry import available_methods, create_method
 from ._validate import check_inputs, check_model, check_size
 from .methods._base import Method
@@ -22,7 +24,7 @@ class Explainer:
     """A reusable CAM explainer for one model, method and layer.
 
     Hooks exist only while a call runs; the model's modes, ``requires_grad`` and ``.grad``
-    are restored after every call, also when it raises.
+    are restored after every call, also when it raises (``KeyboardInterrupt`` included).
 
     >>> with Explainer(model, "gradcam++", layer="layer4") as explainer:
     ...     maps = explainer(images, target=camlens.TopK(3))   # (B, 3, H, W)
@@ -34,6 +36,16 @@ class Explainer:
         reshape: callable turning the layer output into (B, C, *spatial), overriding the
             automatic handling of tokens (B, N, C) and channels-last (B, H, W, C).
         eval_mode: run the model in eval mode during the call (its modes are restored).
+        batch_size: inputs per extra forward of perturbation methods (memory bound).
+        progress: report the extra forwards of perturbation methods on stderr (or call
+            ``progress(done, total)``).
+        seed: seed of everything random (RISE masks, noise, random weights).
+        aug_smooth: test-time augmentation: horizontal flip x scales 0.875, 1, 1.125; each
+            map is mapped back to the input's geometry and the maps are averaged.
+        eigen_smooth: the first principal component of the weighted activations instead of
+            their channel sum (methods that weight activations).
+        noise_smooth: SmoothGrad: average the maps of this many noisy copies of the inputs
+            (noise std ``noise_std`` x each image's value range).
         **method_options: options of the method, e.g. ``center=True`` for ``eigencam``.
     """
 
@@ -45,15 +57,40 @@ class Explainer:
         *,
         reshape: Reshape | None = None,
         eval_mode: bool = True,
+        batch_size: int = 32,
+        progress: bool | Callable[[int, int], None] = False,
+        seed: int = 0,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        noise_smooth: int = 0,
+        noise_std: float = 0.15,
         **method_options: Any,
     ) -> None:
         self.model = check_model(model)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+        if isinstance(noise_smooth, bool) or not isinstance(noise_smooth, int) or noise_smooth < 0:
+            raise ValueError(f"noise_smooth is a number of noisy copies >= 0, got {noise_smooth!r}")
+        if "batch_size" in _accepted(method):
+            method_options.setdefault("batch_size", batch_size)
         self.method = create_method(method, **method_options)
+        if eigen_smooth and not self.method.supports_eigen_smooth:
+            raise ValueError(
+                f"eigen_smooth needs a method that weights activations; {self.method.name} "
+                "does not (try gradcam, layercam or scorecam)"
+            )
         self._layers = resolve_layers(model, layer)
         if reshape is not None and not callable(reshape):
             raise TypeError("reshape must be a callable(tensor) -> (B, C, *spatial)")
         self.reshape = reshape
         self.eval_mode = eval_mode
+        self.batch_size = batch_size
+        self.progress = progress
+        self.seed = int(seed)
+        self.aug_smooth = bool(aug_smooth)
+        self.eigen_smooth = bool(eigen_smooth)
+        self.noise_smooth = noise_smooth
+        self.noise_std = float(noise_std)
         self.last_output: Any = None
         self.last_classes: Tensor | None = None
         self.layer_names: list[str] = [n for n, _ in self._layers] if self._layers else []
@@ -69,25 +106,39 @@ class Explainer:
         """Maps for ``inputs``: (B, H, W) for one target per image, else (B, K, H, W)."""
         inputs = check_inputs(inputs, self.model)
         size = check_size(size)
-        if counterfactual and not self.method.class_specific:
+        _check_counterfactual(self.method, counterfactual)
+        if self.aug_smooth and inputs.ndim != 4:
             raise ValueError(
-                f"{self.method.name} is class-agnostic, so counterfactual=True does not apply; "
-                "use a gradient method such as 'gradcam'"
+                f"aug_smooth flips and rescales images; inputs of shape {tuple(inputs.shape)} "
+                "are not (B, C, H, W). Use noise_smooth instead"
             )
-        result = run_pass(
-            self.model,
-            inputs,
-            [self.method],
-            self._layers,
-            as_target(target),
-            counterfactual=counterfactual,
-            reshape=self.reshape,
-            eval_mode=self.eval_mode,
-        )
+        goal = as_target(target)
+        result = self._pass(inputs, goal, counterfactual, self.seed)
         self.layer_names = result.layer_names
         self.last_output = _detach(result.output)
         self.last_classes = result.classes
-        return _finish(self.method, result, inputs, size, normalize)
+        smooth = self.aug_smooth or self.noise_smooth
+        if not smooth:
+            return _finish(self.method, result, inputs, size, normalize, self.eigen_smooth)
+        fixed = _FixedClasses(goal, result.classes) if result.classes is not None else goal
+        total: Tensor | None = None
+        count = 0
+        for view, undo in _views(inputs, self.aug_smooth, self.noise_smooth, self.noise_std,
+                                 self.seed):
+            r = result if view is inputs else self._pass(view, fixed, counterfactual, self.seed)
+            maps = _finish(self.method, r, view, "input", False, self.eigen_smooth, squeeze=False)
+            maps = undo(maps)
+            total = maps if total is None else total + maps
+            count += 1
+        assert total is not None
+        return _finish_maps(total / count, inputs, size, normalize, result.single)
+
+    def _pass(self, inputs: Tensor, target: Any, counterfactual: bool, seed: int) -> PassResult:
+        return run_pass(
+            self.model, inputs, [self.method], self._layers, target,
+            counterfactual=counterfactual, reshape=self.reshape, eval_mode=self.eval_mode,
+            batch_size=self.batch_size, progress=self.progress, seed=seed,
+        )
 
     def __enter__(self) -> Explainer:
         return self
@@ -107,9 +158,88 @@ class Explainer:
         return f"Explainer({model}, method={self.method.name!r}, layer={layers})"
 
 
-normalize_maps = normalize
+def _check_counterfactual(method: Method, counterfactual: bool) -> None:
+    if counterfactual and not method.class_specific:
+        raise ValueError(
+            f"{method.name} is class-agnostic, so counterfactual=True does not apply; "
+            "use a gradient method such as 'gradcam'"
+        )
+    if counterfactual and not method.supports_counterfactual:
+        raise ValueError(
+            f"{method.name} takes absolute values of its gradients, so counterfactual=True "
+            "gives the same map; use a gradient method such as 'gradcam'"
+        )
 
 
+def _accepted(method: str) -> list[str]:
+    import inspect
+
+    from ._registry import method_class
+
+    return list(inspect.signature(method_class(method).__init__).parameters)
+
+
+class _FixedClasses:
+    """The classes explained on the clean inputs, kept for augmented or noisy copies."""
+
+    def __init__(self, target: Any, classes: Tensor) -> None:
+        self.target = target
+        self.fixed = classes
+        self.single = bool(getattr(target, "single", False))
+
+    def classes(self, output: Any) -> Tensor:
+        return self.fixed
+
+    def scores(self, output: Any, classes: Tensor) -> Tensor:
+        return self.target.scores(output, classes)
+
+    def __call__(self, output: Any) -> Tensor:
+        return self.scores(output, self.fixed)
+
+
+def _views(
+    inputs: Tensor, aug: bool, noise: int, std: float, seed: int
+) -> list[tuple[Tensor, Callable[[Tensor], Tensor]]]:
+    """(view of the inputs, function mapping a view's maps back to the inputs' geometry)."""
+    size = tuple(inputs.shape[2:])
+
+    def back(flip: bool) -> Callable[[Tensor], Tensor]:
+        def undo(maps: Tensor) -> Tensor:
+            maps = _resize(maps, size)
+            return maps.flip(-1) if flip else maps
+
+        return undo
+
+    bases: list[tuple[Tensor, Callable[[Tensor], Tensor]]] = [(inputs, back(False))]
+    if aug:
+        bases = []
+        for flip in (False, True):
+            for scale in (1.0, 0.875, 1.125):
+                x = inputs.flip(-1) if flip else inputs
+                if scale != 1.0:
+                    new = tuple(max(1, round(s * scale)) for s in size)
+                    x = F.interpolate(x, size=new, mode="bilinear", align_corners=False,
+                                      antialias=scale < 1)
+                bases.append((x, back(flip)))
+    if not noise:
+        return bases
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    views = []
+    for x, undo in bases:
+        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, *([1] * (x.ndim - 1)))
+        for _ in range(noise):
+            views.append((x + torch.randn(x.shape, generator=g).to(x) * std * span, undo))
+    return views
+
+
+def _resize(maps: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Resize (B, K, *S) or (B, K, C, *S) maps to ``size``."""
+    spatial = len(size)
+    if tuple(maps.shape[-spatial:]) == size:
+        return maps
+    lead = maps.shape[:-spatial]
+    flat = maps.reshape(lead[0], -1, *maps.shape[-spatial:])
+    return upsample(flat, size).view(*lead, *size)
 class Comparison(dict):  # type: ignore[type-arg]
     """``{method name: maps or exception}`` from :func:`compare`, plus the pass's results."""
 
@@ -121,25 +251,43 @@ class Comparison(dict):  # type: ignore[type-arg]
 
 
 def _finish(
-    method: Method, result: PassResult, inputs: Tensor, size: Any, normalize: bool
+    method: Method, result: PassResult, inputs: Tensor, size: Any, normalize: bool,
+    eigen_smooth: bool = False, squeeze: bool = True,
 ) -> Tensor:
     """Method maps of every layer -> resized, fused, normalised float32 maps."""
-    maps = [method.compute(d) for d in result.layers]
+    if eigen_smooth:
+        if not method.supports_eigen_smooth:
+            raise ValueError(f"eigen_smooth does not apply to {method.name}")
+        maps = [method.eigen(d) for d in result.layers]
+    else:
+        maps = method.compute_layers(result.layers)
+    spatial = inputs.ndim - 2
     if size == "input":
         out_size: tuple[int, ...] = tuple(inputs.shape[2:])
     elif size is None:
-        out_size = max((tuple(m.shape[2:]) for m in maps), key=lambda s: torch.Size(s).numel())
+        out_size = max((tuple(m.shape[-spatial:]) for m in maps),
+                       key=lambda s: torch.Size(s).numel())
     else:
         out_size = size
-    if len(out_size) != maps[0].ndim - 2:
+    if len(out_size) != spatial:
         raise ValueError(
-            f"size {out_size} does not match the maps' {maps[0].ndim - 2} spatial dimensions"
+            f"size {out_size} does not match the maps' {spatial} spatial dimensions"
         )
-    fused = fuse([upsample(m.float(), out_size) for m in maps])
+    fused = fuse([_resize(m.float(), out_size) for m in maps])
+    return _finish_maps(fused, inputs, None, normalize, result.single and squeeze)
+
+
+def _finish_maps(
+    maps: Tensor, inputs: Tensor, size: Any, normalize: bool, single: bool
+) -> Tensor:
+    """Resize (when ``size`` asks), normalise, cast and drop K for one target per image."""
+    if size is not None:
+        out_size = tuple(inputs.shape[2:]) if size == "input" else tuple(size)
+        maps = _resize(maps, out_size)
     if normalize:
-        fused = normalize_maps(fused)
-    fused = fused.to(device=inputs.device, dtype=torch.float32)
-    return fused[:, 0] if result.single else fused
+        maps = normalize_maps(maps)
+    maps = maps.to(device=inputs.device, dtype=torch.float32)
+    return maps[:, 0] if single else maps
 
 
 def _detach(output: Any) -> Any:
@@ -182,6 +330,9 @@ def explain(
         size: ``"input"`` (bilinear to the inputs' size), ``None`` (layer's size) or (H, W).
         normalize: min-max normalise each map to [0, 1]; ``False`` keeps raw values.
         counterfactual: negate the gradients: regions that argue *against* the target.
+        **method_options: :class:`Explainer` options (``batch_size``, ``progress``,
+            ``seed``, ``aug_smooth``, ``eigen_smooth``, ``noise_smooth``, ``noise_std``)
+            and the method's own options.
 
     Example:
         >>> maps = camlens.explain(model, images, method="gradcam", layer="layer4")
@@ -206,6 +357,9 @@ def compare(
     reshape: Reshape | None = None,
     eval_mode: bool = True,
     errors: str = "raise",
+    batch_size: int = 32,
+    progress: bool | Callable[[int, int], None] = False,
+    seed: int = 0,
 ) -> Comparison:
     """Maps of several methods from ONE forward and gradient pass: ``{name: maps}``.
 
@@ -222,21 +376,43 @@ def compare(
     names = list(methods) if methods is not None else available_methods()
     if not names:
         raise ValueError("methods is empty; name at least one, see camlens.available_methods()")
-    chosen = [create_method(n) for n in names]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    chosen = [
+        create_method(n, **({"batch_size": batch_size} if "batch_size" in _accepted(n) else {}))
+        for n in names
+    ]
     inputs = check_inputs(inputs, model)
     size = check_size(size)
-    result = run_pass(
-        model, inputs, chosen, resolve_layers(model, layer), as_target(target),
-        counterfactual=counterfactual, reshape=reshape, eval_mode=eval_mode,
-    )
-    out = Comparison(_detach(result.output), result.classes, result.layer_names)
+    layers = resolve_layers(model, layer)
+    shared = [m for m in chosen if not _own_pass(m)]
+    groups = ([shared] if shared else []) + [[m] for m in chosen if _own_pass(m)]
+    out: Comparison | None = None
+    results = {}
+    for group in groups:
+        result = run_pass(
+            model, inputs, group, layers, as_target(target), counterfactual=counterfactual,
+            reshape=reshape, eval_mode=eval_mode, batch_size=batch_size, progress=progress,
+            seed=seed,
+        )
+        if out is None:
+            out = Comparison(_detach(result.output), result.classes, result.layer_names)
+        for method in group:
+            results[method.name] = (method, result)
+    assert out is not None
     for method in chosen:
         try:
-            if counterfactual and not method.class_specific:
-                raise ValueError(f"{method.name} is class-agnostic: counterfactual does not apply")
-            out[method.name] = _finish(method, result, inputs, size, normalize)
+            _check_counterfactual(method, counterfactual)
+            out[method.name] = _finish(method, results[method.name][1], inputs, size, normalize)
         except ValueError as err:
             if errors == "raise":
                 raise
             out[method.name] = err
     return out
+
+
+def _own_pass(method: Method) -> bool:
+    """Methods whose gradients or layers differ from the others' run a pass of their own."""
+    return any(
+        hasattr(method, attr) for attr in ("own_layers", "transform_scores")
+    ) or bool(getattr(method, "noise_samples", 0))

@@ -192,6 +192,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     show = args.progress == "always" or (
         args.progress == "auto" and len(files) > 4 and sys.stderr.isatty()
     )
+    job.show = show
     method_errors: dict[str, str] = {}
     layer_names: list[str] = []
     # Pictures are encoded and written by two threads while the model runs the next batch.
@@ -243,6 +244,7 @@ class Job:
     device: torch.device
     max_pixels: int
     methods: list[str]
+    show: bool = False
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -289,7 +291,8 @@ def _explain_batch(
         return []
     x = torch.stack([t for _, _, t in loaded]).to(job.device)
     result = compare(job.model, x, job.methods, job.layer, job.target,
-                     counterfactual=job.args.counterfactual, errors="keep")
+                     counterfactual=job.args.counterfactual, errors="keep",
+                     batch_size=max(job.args.batch_size, 32), progress=job.show)
     layer_names[:] = result.layer_names
     for name, value in result.items():
         if isinstance(value, Exception) and name not in method_errors:

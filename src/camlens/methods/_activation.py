@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .._registry import register_method
-from ._base import LayerData, Method, first_principal_projection, weighted_channel_sum
+from ._base import LayerData, Method, first_principal_projection
 
 
 @register_method("cam")
@@ -26,7 +26,7 @@ class CAM(Method):
     needs_gradients = False
     needs_classifier = True
 
-    def compute(self, data: LayerData) -> Tensor:
+    def channel_weights(self, data: LayerData) -> Tensor:
         if isinstance(data.classifier_weight, ValueError):
             raise data.classifier_weight
         if data.classes is None or data.classifier_weight is None:
@@ -34,11 +34,8 @@ class CAM(Method):
                 "cam needs class indices as target (None, an int, a list of ints or TopK); "
                 "for other targets use method='gradcam', which equals CAM on GAP+linear models"
             )
-        weight = data.classifier_weight.to(data.activations.dtype)
-        weights = weight[data.classes]  # (B, K, C)
-        if data.counterfactual:
-            weights = -weights
-        return torch.relu(weighted_channel_sum(data.activations, weights))
+        weights = data.classifier_weight.to(data.activations.dtype)[data.classes]  # (B, K, C)
+        return -weights if data.counterfactual else weights
 
 
 @register_method("eigencam")

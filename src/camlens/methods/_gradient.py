@@ -10,12 +10,22 @@ import torch
 from torch import Tensor
 
 from .._registry import register_method
-from ._base import LayerData, Method, first_principal_projection, safe_divide, weighted_channel_sum
+from ._base import LayerData, Method, first_principal_projection, safe_divide
 
 
 def _grads(data: LayerData) -> Tensor:
     assert data.gradients is not None, "the engine must provide gradients"
     return data.gradients
+
+
+def plus_plus_weights(activations: Tensor, g: Tensor, eps: float = 0.0) -> Tensor:
+    """Grad-CAM++ channel weights (B, K, C) from activations (B, C, *S) and gradients
+    (B, K, C, *S): ``sum_ij a_ij ReLU(g_ij)``, ``a = g^2 / (2 g^2 + sum A * g^3 + eps)``."""
+    spatial = activations.ndim - 2
+    g2 = g * g
+    sum_a = activations.unsqueeze(1).flatten(3).sum(dim=-1)[(...,) + (None,) * spatial]
+    alpha = safe_divide(g2, 2 * g2 + sum_a * g2 * g + eps)
+    return (alpha * torch.relu(g)).flatten(3).sum(dim=-1)
 
 
 @register_method("gradcam")
@@ -28,10 +38,8 @@ class GradCAM(Method):
     Example: ``camlens.explain(model, x, method="gradcam", layer="layer4")``.
     """
 
-    def compute(self, data: LayerData) -> Tensor:
-        g = _grads(data)
-        weights = g.flatten(3).mean(dim=-1)  # (B, K, C)
-        return torch.relu(weighted_channel_sum(data.activations, weights))
+    def channel_weights(self, data: LayerData) -> Tensor:
+        return _grads(data).flatten(3).mean(dim=-1)  # (B, K, C)
 
 
 @register_method("gradcam++")
@@ -53,15 +61,8 @@ class GradCAMPlusPlus(Method):
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.eps = float(eps)
 
-    def compute(self, data: LayerData) -> Tensor:
-        g = _grads(data)
-        a = data.activations.unsqueeze(1)  # (B, 1, C, *S)
-        g2 = g * g
-        g3 = g2 * g
-        sum_a = a.flatten(3).sum(dim=-1)[(...,) + (None,) * data.spatial_ndim]
-        alpha = safe_divide(g2, 2 * g2 + sum_a * g3 + self.eps)
-        weights = (alpha * torch.relu(g)).flatten(3).sum(dim=-1)  # (B, K, C)
-        return torch.relu(weighted_channel_sum(data.activations, weights))
+    def channel_weights(self, data: LayerData) -> Tensor:
+        return plus_plus_weights(data.activations, _grads(data), self.eps)
 
 
 @register_method("xgradcam")
@@ -74,13 +75,11 @@ class XGradCAM(Method):
     (pytorch-grad-cam adds 1e-7 to the sum instead.)
     """
 
-    def compute(self, data: LayerData) -> Tensor:
-        g = _grads(data)
+    def channel_weights(self, data: LayerData) -> Tensor:
         a = data.activations
         sums = a.flatten(2).sum(dim=-1)  # (B, C)
         share = safe_divide(a.flatten(2), sums.unsqueeze(-1))  # (B, C, P)
-        weights = (g.flatten(3) * share.unsqueeze(1)).sum(dim=-1)  # (B, K, C)
-        return torch.relu(weighted_channel_sum(a, weights))
+        return (_grads(data).flatten(3) * share.unsqueeze(1)).sum(dim=-1)  # (B, K, C)
 
 
 @register_method("hirescam")
@@ -92,9 +91,11 @@ class HiResCAM(Method):
     Draelos & Carin 2020, https://arxiv.org/abs/2011.08891
     """
 
+    def weighted(self, data: LayerData) -> Tensor:
+        return _grads(data) * data.activations.unsqueeze(1)
+
     def compute(self, data: LayerData) -> Tensor:
-        g = _grads(data)
-        return torch.relu((g * data.activations.unsqueeze(1)).sum(dim=2))
+        return torch.relu(self.weighted(data).sum(dim=2))
 
 
 @register_method("gradcam-elementwise")
@@ -105,9 +106,11 @@ class GradCAMElementWise(Method):
     it keeps positive evidence per element before channels can cancel each other.
     """
 
+    def weighted(self, data: LayerData) -> Tensor:
+        return torch.relu(_grads(data) * data.activations.unsqueeze(1))
+
     def compute(self, data: LayerData) -> Tensor:
-        g = _grads(data)
-        return torch.relu(g * data.activations.unsqueeze(1)).sum(dim=2)
+        return self.weighted(data).sum(dim=2)
 
 
 @register_method("layercam")
@@ -118,9 +121,11 @@ class LayerCAM(Method):
     Jiang et al., IEEE TIP 2021, https://doi.org/10.1109/TIP.2021.3089943
     """
 
+    def weighted(self, data: LayerData) -> Tensor:
+        return torch.relu(_grads(data)) * data.activations.unsqueeze(1)
+
     def compute(self, data: LayerData) -> Tensor:
-        g = _grads(data)
-        return torch.relu((torch.relu(g) * data.activations.unsqueeze(1)).sum(dim=2))
+        return torch.relu(self.weighted(data).sum(dim=2))
 
 
 @register_method("eigengradcam")
@@ -137,9 +142,11 @@ class EigenGradCAM(Method):
     def __init__(self, center: bool = False) -> None:
         self.center = bool(center)
 
+    def weighted(self, data: LayerData) -> Tensor:
+        return _grads(data) * data.activations.unsqueeze(1)
+
     def compute(self, data: LayerData) -> Tensor:
-        g = _grads(data)
-        prod = g * data.activations.unsqueeze(1)  # (B, K, C, *S)
+        prod = self.weighted(data)  # (B, K, C, *S)
         b, k = prod.shape[:2]
         proj = first_principal_projection(prod.flatten(0, 1), center=self.center)
         return torch.relu(proj.view(b, k, *proj.shape[1:]))

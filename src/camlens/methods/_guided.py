@@ -1,0 +1,67 @@
+"""Guided methods: guided backpropagation and Guided Grad-CAM, pixel-level maps."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._registry import register_method
+from ._base import LayerData, Method, weighted_channel_sum
+
+
+def _reduce(g: Tensor, channels: bool) -> Tensor:
+    """(B, K, C, H, W) -> itself with ``channels``, else max |g| over colour channels."""
+    return g if channels else g.abs().amax(dim=2)
+
+
+@register_method("guided-backprop")
+class GuidedBackprop(Method):
+    """Guided backpropagation: the input gradient with ReLUs passing back only positive
+    gradients where their input was positive.
+
+    Springenberg et al., ICLR workshop 2015, https://arxiv.org/abs/1412.6806.
+    Works for whole batches and for ``nn.ReLU`` modules and ``F.relu`` / ``torch.relu``
+    calls alike (the override lives only during the call). The map is ``max_c |g_c|`` at
+    the input resolution; ``channels=True`` returns the signed gradient per colour channel
+    (B, 3, H, W), the colour picture of the papers.
+    """
+
+    needs_gradients = False
+    needs_input_gradients = True
+    guided = True
+    needs_layer = False
+
+    def __init__(self, channels: bool = False) -> None:
+        self.channels = bool(channels)
+
+    def compute(self, data: LayerData) -> Tensor:
+        assert data.input_gradients is not None
+        return _reduce(data.input_gradients, self.channels)
+
+
+@register_method("guided-gradcam")
+class GuidedGradCAM(Method):
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map.
+
+    ``G_guided * Up(ReLU(sum_k mean(dy/dA_k) A_k))`` (Selvaraju et al. 2017, sec. 3.1);
+    the Grad-CAM part uses ordinary gradients, the guided part guided ReLUs. The map is
+    ``max_c |.|`` per pixel; ``channels=True`` keeps the colour channels, as captum's
+    ``GuidedGradCam`` returns them.
+    """
+
+    needs_gradients = True
+    needs_input_gradients = True
+    guided = True
+
+    def __init__(self, channels: bool = False) -> None:
+        self.channels = bool(channels)
+
+    def compute(self, data: LayerData) -> Tensor:
+        assert data.input_gradients is not None and data.gradients is not None
+        weights = data.gradients.flatten(3).mean(dim=-1)
+        cam = torch.relu(weighted_channel_sum(data.activations, weights))  # (B, K, *S)
+        size = tuple(data.input_gradients.shape[3:])
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+        cam = F.interpolate(cam, size=size, mode=mode, align_corners=False)
+        return _reduce(data.input_gradients * cam.unsqueeze(2), self.channels)

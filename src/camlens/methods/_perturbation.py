@@ -1,0 +1,296 @@
+"""Perturbation methods: channel weights (or maps) from extra forwards of changed inputs.
+
+The engine's :class:`~camlens._scorer.Scorer` runs those forwards in chunks of
+``batch_size`` without autograd. Exact shortcuts only: identical masked inputs are scored
+once (a channel that is zero everywhere, or two channels with the same normalised map,
+give the same input).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._registry import register_method
+from ._base import LayerData, Method, minmax
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _check_batch(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+
+
+def _upsample(x: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+    return F.interpolate(x, size=size, mode=_MODES[len(size)], align_corners=align_corners)
+
+
+def score_masks(acts: Tensor, size: tuple[int, ...], order: str, align_corners: bool) -> Tensor:
+    """Masks (B, C, *size) in [0, 1] from activations (B, C, *S).
+
+    ``order="upsample"``: upsample, then min-max each channel (the Score-CAM paper, and
+    pytorch-grad-cam with ``align_corners=True``); ``"normalize"``: min-max at the layer's
+    resolution, then upsample (torchcam, ``align_corners=False``).
+    """
+    if order == "upsample":
+        return minmax(_upsample(acts, size, align_corners), 2)
+    if order == "normalize":
+        return _upsample(minmax(acts, 2), size, align_corners)
+    raise ValueError(f"mask_order must be 'upsample' or 'normalize', got {order!r}")
+
+
+def _unique_channels(acts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Channels whose normalised maps are identical give identical masked inputs.
+
+    Returns (owner image, channel, inverse): the representative (image, channel) pairs and,
+    for every (image, channel), the index of its representative. Keys are the min-max
+    normalised maps at the layer's resolution: equal keys give equal masks whichever way
+    the masks are made (upsampling is linear), so merging them is exact.
+    """
+    b, c = acts.shape[:2]
+    keys = minmax(acts, 2).flatten(2)  # (B, C, P): equal keys <=> equal masks (exact)
+    owners, channels, inverse = [], [], torch.empty(b, c, dtype=torch.long)
+    offset = 0
+    for i in range(b):
+        uniq, inv = torch.unique(keys[i], dim=0, return_inverse=True)
+        first = torch.full((uniq.shape[0],), c, dtype=torch.long, device=inv.device)
+        first.scatter_reduce_(0, inv, torch.arange(c, device=inv.device), reduce="amin")
+        owners.append(torch.full_like(first, i))
+        channels.append(first)
+        inverse[i] = inv.cpu() + offset
+        offset += uniq.shape[0]
+    return torch.cat(owners), torch.cat(channels), inverse.to(acts.device)
+
+
+class _ScoreBase(Method):
+    needs_gradients = False
+    needs_scorer = True
+
+    def __init__(self, batch_size: int = 32, mask_order: str = "upsample",
+                 align_corners: bool = False) -> None:
+        _check_batch(batch_size)
+        if mask_order not in ("upsample", "normalize"):
+            raise ValueError(f"mask_order must be 'upsample' or 'normalize', got {mask_order!r}")
+        self.batch_size = batch_size
+        self.mask_order = mask_order
+        self.align_corners = bool(align_corners)
+
+    def _masks(self, data: LayerData) -> Tensor:
+        assert data.inputs is not None
+        return score_masks(data.activations, tuple(data.inputs.shape[2:]), self.mask_order,
+                           self.align_corners)
+
+    def _channel_scores(self, data: LayerData, masks: Tensor, scale: float = 1.0) -> Tensor:
+        """Scores (B, K, C) of ``scale * masks[b, c] * x[b]`` for every image and channel."""
+        assert data.scorer is not None and data.inputs is not None
+        x = data.inputs
+        owners, channels, inverse = _unique_channels(data.activations)
+
+        def make(part: slice) -> Tensor:
+            o, ch = owners[part], channels[part]
+            return x[o] * (scale * masks[o, ch]).unsqueeze(1)
+
+        scorer = data.scorer
+        scorer.batch_size = self.batch_size
+        scores = scorer.scores(make, owners)  # (U, K)
+        if data.counterfactual:  # channels whose masks lower the score weigh most
+            scores = -scores
+        return scores[inverse].permute(0, 2, 1)  # (B, K, C)
+
+
+@register_method("scorecam")
+class ScoreCAM(_ScoreBase):
+    """Score-CAM: each channel weighted by the score of the input masked with it.
+
+    ``H_k = s(Up(A_k))`` (min-max per channel), ``w_k = softmax_k(y(X * H_k))``,
+    ``M = ReLU(sum_k w_k A_k)``. Wang et al., CVPRW 2020, https://arxiv.org/abs/1910.01279
+    (the softmax over channels is step 9 of the paper's algorithm).
+
+    ``align_corners=True`` upsamples the masks as pytorch-grad-cam does (its
+    ``UpsamplingBilinear2d``); ``mask_order="normalize"`` normalises before upsampling,
+    as torchcam does. Identical masks are scored once (exact).
+    """
+
+    def channel_weights(self, data: LayerData) -> Tensor:
+        return torch.softmax(self._channel_scores(data, self._masks(data)), dim=-1)
+
+
+@register_method("sscam")
+class SSCAM(_ScoreBase):
+    """Smoothed Score-CAM: Score-CAM weights averaged over masks with Gaussian noise.
+
+    ``w_k = softmax_k(1/N sum_i y(X * (H_k + n_i)))``, ``n_i ~ N(0, std^2)`` per pixel.
+    Wang et al. 2020, https://arxiv.org/abs/2006.14255. Defaults follow torchcam
+    (N = 35, std = 2.0, masks normalised before upsampling); seeded by ``seed``.
+    """
+
+    def __init__(self, batch_size: int = 32, num_samples: int = 35, std: float = 2.0,
+                 mask_order: str = "normalize", align_corners: bool = False) -> None:
+        super().__init__(batch_size, mask_order, align_corners)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.std = float(std)
+
+    def channel_weights(self, data: LayerData) -> Tensor:
+        assert data.scorer is not None and data.inputs is not None
+        masks = self._masks(data)
+        x = data.inputs
+        b, c = masks.shape[:2]
+        owners = torch.arange(b, device=x.device).repeat_interleave(c)
+        flat = masks.flatten(0, 1)
+        g = torch.Generator(device="cpu").manual_seed(data.seed)
+        total = None
+        data.scorer.batch_size = self.batch_size
+        for _ in range(self.num_samples):  # one draw per channel mask, shared by the images
+            noise = torch.randn(masks.shape[1:], generator=g).to(flat) * self.std
+            noise = noise.repeat(b, *([1] * (noise.ndim - 1)))
+
+            def make(part: slice, noise: Tensor = noise) -> Tensor:
+                return x[owners[part]] * (flat[part] + noise[part]).unsqueeze(1)
+
+            s = data.scorer.scores(make, owners)
+            total = s if total is None else total + s
+        assert total is not None
+        scores = (total / self.num_samples).view(b, c, -1).permute(0, 2, 1)
+        return torch.softmax(-scores if data.counterfactual else scores, dim=-1)
+
+
+@register_method("iscam")
+class ISCAM(_ScoreBase):
+    """Integrated Score-CAM: Score-CAM scores summed along a path of growing masks.
+
+    ``w_k = softmax_k(sum_{i=1..N} y(X * (sum_{j<=i} j/N) H_k))``.
+    Naidu et al. 2020, https://arxiv.org/abs/2010.03023. Defaults follow torchcam
+    (N = 10, masks normalised before upsampling).
+    """
+
+    def __init__(self, batch_size: int = 32, num_samples: int = 10,
+                 mask_order: str = "normalize", align_corners: bool = False) -> None:
+        super().__init__(batch_size, mask_order, align_corners)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = int(num_samples)
+
+    def channel_weights(self, data: LayerData) -> Tensor:
+        masks = self._masks(data)
+        total = None
+        coeff = 0.0
+        for i in range(self.num_samples):
+            coeff += (i + 1) / self.num_samples
+            s = self._channel_scores(data, masks, scale=coeff)
+            total = s if total is None else total + s
+        assert total is not None
+        return torch.softmax(total, dim=-1)
+
+
+@register_method("ablationcam")
+class AblationCAM(Method):
+    """Ablation-CAM: the drop in score when a channel is set to zero.
+
+    ``w_k = (y - y_k) / y`` with ``y_k`` the score when ``A_k = 0``; ``M = ReLU(sum w_k A_k)``.
+    Desai & Ramaswamy, WACV 2020, https://doi.org/10.1109/WACV45572.2020.9093360.
+    Only the part of the model after the layer runs once per ablation: the part before it
+    runs once per chunk (exact; the image is repeated instead where a model cannot run
+    that way). pytorch-grad-cam ablates with a very negative value when a layer can be
+    negative; we zero, as the paper does.
+    """
+
+    needs_gradients = False
+    needs_scorer = True
+
+    def __init__(self, batch_size: int = 32) -> None:
+        _check_batch(batch_size)
+        self.batch_size = batch_size
+
+    def channel_weights(self, data: LayerData) -> Tensor:
+        assert data.scorer is not None and data.inputs is not None and data.layer is not None
+        if data.activations.ndim != data.inputs.ndim:
+            raise ValueError("ablationcam needs a layer whose output is (B, C, *spatial)")
+        scorer = data.scorer
+        scorer.batch_size = self.batch_size
+        acts = data.activations
+        b, c = acts.shape[:2]
+        base = scorer.scores(lambda part: data.inputs[part], torch.arange(b))  # (B, K)
+        weights = []
+        for i in range(b):
+            def make(part: slice, i: int = i) -> Tensor:
+                ch = torch.arange(part.start, part.stop, device=acts.device)
+                out = acts[i].expand(len(ch), *acts.shape[1:]).clone()
+                out[torch.arange(len(ch)), ch] = 0
+                return out
+
+            ablated = scorer.with_layer_output(data.layer[1], data.inputs[i : i + 1], make, i, c)
+            weights.append((base[i] - ablated) / base[i])  # (C, K)
+        w = torch.stack(weights).permute(0, 2, 1)
+        return -w if data.counterfactual else w
+
+
+@register_method("rise")
+class RISE(Method):
+    """RISE: the average of random masks, each weighted by the score of the masked input.
+
+    ``S = 1 / (N p) sum_i f(X * M_i) M_i``; ``M_i``: a random ``grid`` x ``grid`` binary
+    grid (keep probability ``p``), upsampled bilinearly and shifted at random by up to one
+    cell. ``f`` is the class probability for class targets (softmax), else the target's
+    score. Petsiuk et al., BMVC 2018, https://arxiv.org/abs/1806.07421. Seeded by ``seed``.
+    Needs no layer; the map has the input's resolution.
+    """
+
+    needs_gradients = False
+    needs_scorer = True
+    needs_layer = False
+
+    def __init__(self, n_masks: int = 4000, grid: int = 7, p: float = 0.5,
+                 batch_size: int = 32) -> None:
+        _check_batch(batch_size)
+        if n_masks < 1 or grid < 1 or not 0 < p <= 1:
+            raise ValueError(
+                f"need n_masks >= 1, grid >= 1 and 0 < p <= 1; got {n_masks}, {grid}, {p}"
+            )
+        self.n_masks, self.grid, self.p = int(n_masks), int(grid), float(p)
+        self.batch_size = batch_size
+
+    def masks(self, size: tuple[int, int], seed: int, device: torch.device) -> Tensor:
+        """The N masks (N, H, W), generated on the CPU from ``seed``."""
+        h, w = size
+        if self.grid > min(h, w):
+            raise ValueError(
+                f"rise grid {self.grid} x {self.grid} is larger than the {h} x {w} input; "
+                f"use grid <= {min(h, w)}"
+            )
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        cell_h, cell_w = -(-h // self.grid), -(-w // self.grid)
+        up = ((self.grid + 1) * cell_h, (self.grid + 1) * cell_w)
+        cells = (torch.rand(self.n_masks, 1, self.grid, self.grid, generator=g) < self.p).float()
+        big = F.interpolate(cells, size=up, mode="bilinear", align_corners=False)[:, 0]
+        dy = torch.randint(0, cell_h, (self.n_masks,), generator=g)
+        dx = torch.randint(0, cell_w, (self.n_masks,), generator=g)
+        rows = (dy[:, None] + torch.arange(h)[None]).clamp_max(up[0] - 1)
+        cols = (dx[:, None] + torch.arange(w)[None]).clamp_max(up[1] - 1)
+        out = big[torch.arange(self.n_masks)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        return out.to(device)
+
+    def compute(self, data: LayerData) -> Tensor:
+        assert data.scorer is not None and data.inputs is not None
+        x = data.inputs
+        if x.ndim != 4:
+            raise ValueError("rise needs image inputs (B, C, H, W)")
+        masks = self.masks((x.shape[2], x.shape[3]), data.seed, x.device)  # (N, H, W)
+        scorer = data.scorer
+        scorer.batch_size = self.batch_size
+        b, n = x.shape[0], self.n_masks
+        owners = torch.arange(b, device=x.device).repeat_interleave(n)
+
+        def make(part: slice) -> Tensor:
+            idx = torch.arange(part.start, part.stop, device=x.device)
+            return x[owners[part]] * masks[idx % n].unsqueeze(1)
+
+        scores = scorer.scores(make, owners, softmax=True)  # probabilities, as in the paper
+        scores = scores.view(b, n, -1)  # (B, N, K)
+        sal = torch.einsum("bnk,nhw->bkhw", scores, masks.float())
+        sal = sal / (n * self.p)
+        return -sal if data.counterfactual else sal
+
