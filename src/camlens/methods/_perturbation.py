@@ -162,7 +162,7 @@ class SSCAM(_ScoreBase):
 class ISCAM(_ScoreBase):
     """Integrated Score-CAM: Score-CAM scores summed along a path of growing masks.
 
-    ``w_k = softmax_k(sum_{i=1..N} y(X * (sum_{j<=i} j/N) H_k))``.
+    ``w_k = softmax_k(1/N sum_{i=1..N} y(X * (sum_{j<=i} j/N) H_k))``.
     Naidu et al. 2020, https://arxiv.org/abs/2010.03023. Defaults follow torchcam
     (N = 10, masks normalised before upsampling).
     """
@@ -183,7 +183,7 @@ class ISCAM(_ScoreBase):
             s = self._channel_scores(data, masks, scale=coeff)
             total = s if total is None else total + s
         assert total is not None
-        return torch.softmax(total, dim=-1)
+        return torch.softmax(total / self.num_samples, dim=-1)
 
 
 @register_method("ablationcam")
@@ -213,17 +213,21 @@ class AblationCAM(Method):
         scorer.batch_size = self.batch_size
         acts = data.activations
         b, c = acts.shape[:2]
-        base = scorer.scores(lambda part: data.inputs[part], torch.arange(b))  # (B, K)
         weights = []
         for i in range(b):
+            # item 0 is the layer output itself, items 1..C ablate one channel each: the
+            # score y and the y_k come from the very same computation, rounding included
             def make(part: slice, i: int = i) -> Tensor:
-                ch = torch.arange(part.start, part.stop, device=acts.device)
-                out = acts[i].expand(len(ch), *acts.shape[1:]).clone()
-                out[torch.arange(len(ch)), ch] = 0
+                idx = torch.arange(part.start, part.stop, device=acts.device)
+                out = acts[i].expand(len(idx), *acts.shape[1:]).clone()
+                rows = torch.nonzero(idx > 0).flatten()
+                out[rows, idx[rows] - 1] = 0
                 return out
 
-            ablated = scorer.with_layer_output(data.layer[1], data.inputs[i : i + 1], make, i, c)
-            weights.append((base[i] - ablated) / base[i])  # (C, K)
+            scores = scorer.with_layer_output(data.layer[1], data.inputs[i : i + 1], make, i,
+                                              c + 1)
+            base, ablated = scores[0], scores[1:]
+            weights.append((base - ablated) / base)  # (C, K)
         w = torch.stack(weights).permute(0, 2, 1)
         return -w if data.counterfactual else w
 
