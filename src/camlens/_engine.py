@@ -65,6 +65,10 @@ def run_pass(
             f"{names} needs gradients, which torch.inference_mode() forbids; call "
             "camlens outside inference_mode (torch.no_grad() is fine)"
         )
+    if need_guided and not need_layer and not need_grads and not need_classifier and not any(
+        m.needs_scorer for m in methods
+    ):
+        return _guided_only(model, inputs, target, counterfactual, eval_mode, seed)
     own = [m.own_layers(model) for m in methods if hasattr(m, "own_layers")]
     transforms = [m for m in methods if hasattr(m, "transform_scores")]
     noisy = [m for m in methods if getattr(m, "noise_samples", 0)]
@@ -166,6 +170,34 @@ def run_pass(
     return PassResult(output, [n for n, _ in layers] or ["input"], data, classes, single)
 
 
+def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: bool,
+                 eval_mode: bool, seed: int) -> PassResult:
+    """Guided backpropagation alone: one forward (guided ReLUs change only the backward,
+    so its output and the top classes are the plain model's) and one backward."""
+    with ModelGuard(model, eval_mode):
+        x = inputs.detach().requires_grad_(True)
+        with GuidedReLUs() as mode, torch.enable_grad():
+            output = model(x)
+            if mode.count == 0:
+                raise ValueError(_NO_RELU.format(type(model).__name__))
+            classes, scores, single = _scores(target, output, inputs.shape[0])
+            (g,) = _gradients(-scores if counterfactual else scores, [x], ["input"])
+    data = LayerData(activations=inputs, gradients=None, num_targets=scores.shape[1],
+                     classes=classes, counterfactual=counterfactual, inputs=inputs,
+                     input_gradients=g.detach(), layer=("input", model), seed=seed)
+    return PassResult(_detach_output(output), ["input"], [data], classes, single)
+
+
+_NO_RELU = (
+    "guided backpropagation needs ReLUs (nn.ReLU, F.relu or torch.relu) and {} ran none; "
+    "use a gradient method such as 'gradcam'"
+)
+
+
+def _detach_output(output: Any) -> Any:
+    return output.detach() if isinstance(output, Tensor) else output
+
+
 def _guided_gradients(model: nn.Module, inputs: Tensor, target: Any,
                       classes: Tensor | None, counterfactual: bool = False) -> Tensor:
     """d score / d input (B, K, C, *S) with every ReLU guided (a second, full pass)."""
@@ -173,10 +205,7 @@ def _guided_gradients(model: nn.Module, inputs: Tensor, target: Any,
     with GuidedReLUs() as mode, torch.enable_grad():
         output = model(x)
         if mode.count == 0:
-            raise ValueError(
-                "guided backpropagation needs ReLUs (nn.ReLU, F.relu or torch.relu) and "
-                f"{type(model).__name__} ran none; use a gradient method such as 'gradcam'"
-            )
+            raise ValueError(_NO_RELU.format(type(model).__name__))
         if classes is not None and hasattr(target, "scores"):
             scores = target.scores(output, classes)
         else:

@@ -77,20 +77,28 @@ class _ScoreBase(Method):
         self.mask_order = mask_order
         self.align_corners = bool(align_corners)
 
-    def _masks(self, data: LayerData) -> Tensor:
+    def _masks(self, data: LayerData, owners: Tensor | None = None,
+               channels: Tensor | None = None) -> Tensor:
+        """Masks (B, C, H, W), or (N, H, W) for the given (image, channel) pairs only."""
         assert data.inputs is not None
-        return score_masks(data.activations, tuple(data.inputs.shape[2:]), self.mask_order,
-                           self.align_corners)
+        size = tuple(data.inputs.shape[2:])
+        if owners is None or channels is None:
+            return score_masks(data.activations, size, self.mask_order, self.align_corners)
+        picked = data.activations[owners, channels].unsqueeze(1)  # (N, 1, *S)
+        return score_masks(picked, size, self.mask_order, self.align_corners)[:, 0]
 
-    def _channel_scores(self, data: LayerData, masks: Tensor, scale: float = 1.0) -> Tensor:
-        """Scores (B, K, C) of ``scale * masks[b, c] * x[b]`` for every image and channel."""
+    def _channel_scores(self, data: LayerData, scale: float = 1.0) -> Tensor:
+        """Scores (B, K, C) of ``scale * masks[b, c] * x[b]`` for every image and channel.
+
+        The masks of a chunk are made when the chunk runs: memory follows ``batch_size``.
+        """
         assert data.scorer is not None and data.inputs is not None
         x = data.inputs
         owners, channels, inverse = _unique_channels(data.activations)
 
         def make(part: slice) -> Tensor:
             o, ch = owners[part], channels[part]
-            return x[o] * (scale * masks[o, ch]).unsqueeze(1)
+            return x[o] * (scale * self._masks(data, o, ch)).unsqueeze(1)
 
         scorer = data.scorer
         scorer.batch_size = self.batch_size
@@ -114,7 +122,7 @@ class ScoreCAM(_ScoreBase):
     """
 
     def channel_weights(self, data: LayerData) -> Tensor:
-        return torch.softmax(self._channel_scores(data, self._masks(data)), dim=-1)
+        return torch.softmax(self._channel_scores(data), dim=-1)
 
 
 @register_method("sscam")
@@ -175,12 +183,11 @@ class ISCAM(_ScoreBase):
         self.num_samples = int(num_samples)
 
     def channel_weights(self, data: LayerData) -> Tensor:
-        masks = self._masks(data)
         total = None
         coeff = 0.0
         for i in range(self.num_samples):
             coeff += (i + 1) / self.num_samples
-            s = self._channel_scores(data, masks, scale=coeff)
+            s = self._channel_scores(data, scale=coeff)
             total = s if total is None else total + s
         assert total is not None
         return torch.softmax(total / self.num_samples, dim=-1)
