@@ -54,6 +54,19 @@ class ResidualNet(nn.Module):
         return self.fc(out.mean(dim=(2, 3)))
 
 
+class Zoo:
+    """Builds each model once, on first use: ``Zoo(build)[name]``."""
+
+    def __init__(self, build) -> None:
+        self._build = build
+        self._models: dict[str, nn.Module] = {}
+
+    def __getitem__(self, name: str) -> nn.Module:
+        if name not in self._models:
+            self._models[name] = self._build(name)
+        return self._models[name]
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial running statistics so eval mode matters."""
     g = torch.Generator().manual_seed(seed)

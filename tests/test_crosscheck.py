@@ -28,6 +28,7 @@ import pytest
 import pytorch_grad_cam as pgc
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
+from conftest import Zoo
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import Tensor, nn
@@ -85,21 +86,9 @@ def _build(name: str) -> nn.Module:
     return model.eval()
 
 
-class _Zoo:
-    """Builds each model once, on first use."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, nn.Module] = {}
-
-    def __getitem__(self, name: str) -> nn.Module:
-        if name not in self._models:
-            self._models[name] = _build(name)
-        return self._models[name]
-
-
 @pytest.fixture(scope="module")
-def zoo() -> _Zoo:
-    return _Zoo()
+def zoo() -> Zoo:
+    return Zoo(_build)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +137,7 @@ def assert_close_maps(
     return diff
 
 
-def explain(zoo: _Zoo, images: Tensor, name: str, method: str, size="input", **options) -> Tensor:
+def explain(zoo: Zoo, images: Tensor, name: str, method: str, size="input", **options) -> Tensor:
     maps = camlens.explain(
         zoo[name],
         images,
@@ -188,7 +177,7 @@ def backward_stops_at(layer: nn.Module, model: nn.Module) -> Iterator[None]:
             p.grad = grad
 
 
-def run_pgc(cam_cls: type, zoo: _Zoo, images: Tensor, name: str) -> np.ndarray:
+def run_pgc(cam_cls: type, zoo: Zoo, images: Tensor, name: str) -> np.ndarray:
     """pytorch-grad-cam's map (B, 224, 224): ReLU, min-max per image, cv2 bilinear resize."""
     model = zoo[name]
     layer = model.get_submodule(LAYERS[name])
@@ -287,7 +276,7 @@ EIGEN = {
 }
 
 
-def run_pgc_eigen(method: str, zoo: _Zoo, images: Tensor, name: str):
+def run_pgc_eigen(method: str, zoo: Zoo, images: Tensor, name: str):
     model = zoo[name]
     layer = model.get_submodule(LAYERS[name])
     with (

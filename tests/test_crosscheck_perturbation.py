@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.attr import GuidedGradCam as CaptumGuidedGradCam
+from conftest import Zoo
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_kernel
@@ -74,21 +75,9 @@ def _build(name: str) -> nn.Module:
     return getattr(tvm, name)(weights=None).eval()
 
 
-class _Zoo:
-    """Builds each model once, on first use."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, nn.Module] = {}
-
-    def __getitem__(self, name: str) -> nn.Module:
-        if name not in self._models:
-            self._models[name] = _build(name)
-        return self._models[name]
-
-
 @pytest.fixture(scope="module")
-def zoo() -> _Zoo:
-    return _Zoo()
+def zoo() -> Zoo:
+    return Zoo(_build)
 
 
 def _images(side: int, seed: int) -> Tensor:
