@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """Import ``camlens.viz`` (needs Pillow) and ``camlens.cli`` only when first used."""
-    if name in ("viz", "cli"):
+    """Import ``camlens.viz`` (Pillow), ``camlens.cli`` and ``camlens.metrics`` on first use."""
+    if name in ("viz", "cli", "metrics"):
         import importlib
 
         return importlib.import_module(f"camlens.{name}")

@@ -1,0 +1,173 @@
+"""Metrics against direct loop-based references and independent implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyNet, assert_same_state, model_state, randomize_bn
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity
+
+import camlens
+from camlens import metrics
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return randomize_bn(TinyNet()).eval()
+
+
+@pytest.fixture
+def x():
+    return torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+
+
+def _loop_curve(model, x, sal, cls, step, start, finish):
+    """Reference: one image, one step at a time, pixels changed in saliency order."""
+    h, w = sal.shape
+    order = np.argsort(-sal.flatten().numpy(), kind="stable")
+    n = int(np.ceil(h * w / step))
+    out = []
+    for i in range(n + 1):
+        img = start.clone()
+        for idx in order[: i * step]:
+            r, c = divmod(int(idx), w)
+            img[:, r, c] = finish[:, r, c]
+        with torch.no_grad():
+            out.append(float(torch.softmax(model(img[None]), 1)[0, cls]))
+    curve = np.array(out)
+    return (curve.sum() - (curve[0] + curve[-1]) / 2) / n
+
+
+def test_deletion_and_insertion_match_a_loop_reference(model, x):
+    maps = camlens.explain(model, x)
+    before = model_state(model)
+    dele = metrics.deletion(model, x, maps, step=10, batch_size=7)
+    ins = metrics.insertion(model, x, maps, step=10)
+    assert_same_state(before, model_state(model))
+    cls = model(x).argmax(1).tolist()
+    blur = metrics.gaussian_blur(x)
+    for b in range(2):
+        ref_d = _loop_curve(model, x[b], maps[b], cls[b], 10, x[b], torch.zeros_like(x[b]))
+        ref_i = _loop_curve(model, x[b], maps[b], cls[b], 10, blur[b], x[b])
+        assert abs(float(dele[b]) - ref_d) < 1e-5
+        assert abs(float(ins[b]) - ref_i) < 1e-5
+    curve = metrics.deletion(model, x, maps, step=10, return_curve=True)
+    assert curve.shape == (2, 16)  # ceil(144 / 10) + 1 points
+
+
+def test_gaussian_blur_is_normalised():
+    flat = torch.ones(1, 3, 30, 30)
+    assert torch.allclose(metrics.gaussian_blur(flat)[..., 10:20, 10:20], flat[..., 10:20, 10:20])
+
+
+def test_confidence_change_by_hand(model, x):
+    maps = torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(3))
+    result = metrics.confidence_change(model, x, maps, target=[1, 2])
+    with torch.no_grad():
+        y = torch.softmax(model(x), 1)[[0, 1], [1, 2]]
+        o = torch.softmax(model(x * maps[:, None]), 1)[[0, 1], [1, 2]]
+    drop = 100 * torch.clamp(y - o, min=0) / y
+    assert torch.allclose(result.drop, drop, atol=1e-5)
+    assert abs(result.average_drop - float(drop.mean())) < 1e-4
+    assert result.increase == pytest.approx(100 * float((o > y).float().mean()))
+
+
+def test_confidence_change_matches_pytorch_grad_cam(model, x):
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    maps = torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(4))
+    ours = metrics.confidence_change(model, x, maps, target=[0, 3])
+    targets = [ClassifierOutputSoftmaxTarget(c) for c in (0, 3)]
+    ref = CamMultImageConfidenceChange()(x, maps.numpy(), targets, model)  # O - Y per image
+    with torch.no_grad():
+        y = torch.softmax(model(x), 1)[[0, 1], [0, 3]]
+    drop = 100 * np.maximum(-np.asarray(ref).flatten(), 0) / y.numpy()
+    assert np.allclose(ours.drop.numpy(), drop, atol=1e-4)
+
+
+def test_win_rate():
+    a = torch.tensor([1.0, 5.0, 3.0, 2.0])
+    b = torch.tensor([2.0, 4.0, 3.0, 9.0])
+    assert metrics.win_rate(a, b) == pytest.approx(100 * (2 + 0.5) / 4)
+
+
+def test_pointing_game_matches_a_loop():
+    maps = torch.zeros(3, 40, 40)
+    maps[0, 5, 5] = 1  # inside the box
+    maps[1, 25, 25] = 1  # 8.5 px from the box's last pixel (19, 19): within 15
+    maps[2, 39, 0] = 1  # far away
+    boxes = torch.tensor([[0, 0, 20, 20]] * 3)
+    hits = metrics.pointing_game(maps, boxes, tolerance=15)
+    for i in range(3):
+        y, x = divmod(int(maps[i].argmax()), 40)
+        # distance from the peak to the nearest pixel of the box
+        dx = max(0, x - 19, 0 - x)
+        dy = max(0, y - 19, 0 - y)
+        assert bool(hits[i]) == (dx * dx + dy * dy <= 15 * 15)
+    assert hits.tolist() == [True, True, False]
+    masks = torch.zeros(3, 40, 40, dtype=torch.bool)
+    masks[:, :20, :20] = True
+    assert metrics.pointing_game(maps, masks, tolerance=0).tolist() == [True, False, False]
+
+
+def test_energy_pointing_game_and_localization_error():
+    maps = torch.zeros(2, 10, 10)
+    maps[0, :5, :5] = 1.0
+    maps[0, 9, 9] = 1.0
+    maps[1, 6:, 6:] = 1.0
+    boxes = torch.tensor([[0, 0, 5, 5], [0, 0, 5, 5]])
+    energy = metrics.energy_pointing_game(maps, boxes)
+    assert torch.allclose(energy, torch.tensor([25 / 26, 0.0]))
+    # map 0's largest component is the 5x5 square: IoU 1; map 1: IoU 0 -> one error of two
+    err = metrics.localization_error(maps, torch.tensor([3, 3]), torch.tensor([3, 3]), boxes)
+    assert err == pytest.approx(50.0)
+    err = metrics.localization_error(maps, torch.tensor([1, 3]), torch.tensor([3, 3]), boxes)
+    assert err == pytest.approx(100.0)
+
+
+def test_spearman_and_ssim_match_scipy_and_skimage():
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(3, 16, 16, generator=g)
+    b = (a + 0.3 * torch.rand(3, 16, 16, generator=g)).clamp(0, 1)
+    b[0, :4] = 0.5  # ties
+    rho = metrics.spearman(a, b)
+    s = metrics.ssim(a, b)
+    for i in range(3):
+        assert float(rho[i]) == pytest.approx(spearmanr(a[i].flatten(), b[i].flatten())[0],
+                                              abs=1e-5)
+        ref = structural_similarity(a[i].numpy(), b[i].numpy(), data_range=1.0)
+        assert float(s[i]) == pytest.approx(ref, abs=1e-5)
+
+
+def test_sanity_check_never_touches_the_model_and_gradcam_falls(model, x):
+    before = model_state(model)
+    result = metrics.sanity_check(model, x, "gradcam")
+    assert_same_state(before, model_state(model))
+    assert result.layers[0] == "fc"  # top layer first
+    assert result.spearman.shape == (len(result.layers), 2)
+    # Grad-CAM reads the classifier: randomising it (the first step) changes the map
+    assert float(result.spearman[0].mean()) < 0.9
+    assert torch.isfinite(result.ssim).all() and (result.ssim <= 1 + 1e-6).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, x: metrics.deletion(m, x, torch.zeros(2, 5, 5)), "do not match"),
+        (lambda m, x: metrics.deletion(m, x, torch.zeros(2, 12, 12), step=0), "step"),
+        (lambda m, x: metrics.insertion(m, x, torch.zeros(2, 12, 12), baseline="x"), "baseline"),
+        (lambda m, x: metrics.pointing_game(torch.zeros(2, 12, 12),
+                                            torch.tensor([[0, 0, 20, 5]] * 2)), "outside"),
+        (lambda m, x: metrics.energy_pointing_game(torch.zeros(2, 12, 12),
+                                                   torch.tensor([[5, 0, 5, 5]] * 2)), "empty"),
+        (lambda m, x: metrics.confidence_change(m, x, torch.full((2, 12, 12), float("nan"))),
+         "NaN"),
+    ],
+)
+def test_bad_input(model, x, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(model, x)
