@@ -171,3 +171,50 @@ def test_sanity_check_never_touches_the_model_and_gradcam_falls(model, x):
 def test_bad_input(model, x, call, message):
     with pytest.raises(ValueError, match=message):
         call(model, x)
+
+
+def test_noisy_linear_imputation_matches_pytorch_grad_cam():
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 40, 40, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    for removed in (torch.rand(40, 40, generator=g) > 0.3, ((yy - 18) ** 2 + (xx - 22) ** 2) < 150):
+        ref = NoisyLinearImputer(noise=0.0)(img, (~removed).float())
+        ours = metrics.noisy_linear_impute(img[None], removed[None], noise=0.0, tol=1e-7)[0]
+        assert torch.allclose(ours, ref, atol=1e-4)
+        assert torch.equal(ours[:, ~removed], img[:, ~removed])  # known pixels untouched
+
+
+def test_road_matches_pytorch_grad_cam_with_the_noise_off(model, x):
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    import camlens.metrics as m
+
+    maps = camlens.explain(model, x)
+    targets = [ClassifierOutputSoftmaxTarget(c) for c in (0, 3)]
+    ours_morf = m.road(model, x, maps, [0, 3], percentiles=(30, 70), order="morf", noise=0.0)
+    ours_lerf = m.road(model, x, maps, [0, 3], percentiles=(30,), order="lerf", noise=0.0)
+    import pytorch_grad_cam.metrics.road as road_module
+
+    original = road_module.NoisyLinearImputer.__init__.__defaults__
+    road_module.NoisyLinearImputer.__init__.__defaults__ = (0.0, original[1])  # noise off
+    try:
+        # pytorch-grad-cam's percentile q keeps the pixels below the q-th percentile:
+        # MoRF(q) removes the top 100 - q %; LeRF(q) the bottom q % (of 1 - map's top)
+        for col, q in ((0, 70), (1, 30)):
+            ref = ROADMostRelevantFirst(q)(x, maps.numpy(), targets, model, return_diff=False)
+            assert np.allclose(ours_morf[:, col].numpy(), np.asarray(ref).flatten(), atol=1e-4)
+        ref = ROADLeastRelevantFirst(70)(x, maps.numpy(), targets, model, return_diff=False)
+        assert np.allclose(ours_lerf[:, 0].numpy(), np.asarray(ref).flatten(), atol=1e-4)
+    finally:
+        road_module.NoisyLinearImputer.__init__.__defaults__ = original
+
+
+def test_road_bad_percentiles(model, x):
+    maps = torch.rand(2, 12, 12)
+    with pytest.raises(ValueError, match="strictly between 0 and 100"):
+        metrics.road(model, x, maps, percentiles=(0, 50))
+    with pytest.raises(ValueError, match="morf"):
+        metrics.road(model, x, maps, order="most")
