@@ -136,3 +136,27 @@ def test_output_names_stay_inside_and_unique():
     names = _output_names(files)
     assert names == ["etc__passwd", "a__b", "a_b", "a__b-2", "hidden"]
     assert all("/" not in n and not n.startswith(".") for n in names)
+
+
+def test_evaluate_table_csv_json_and_annotations(photos, tmp_path):
+    import json as _json
+
+    ann = tmp_path / "ann.json"
+    # chelsea.jpg is 451 x 300: the cat's head, drawn by hand; class 282 = tiger cat
+    ann.write_text(_json.dumps({"chelsea.jpg": {"boxes": [[60, 0, 400, 300]], "label": 282}}))
+    out = tmp_path / "eval"
+    res = run("evaluate", str(photos), "--method", "gradcam,eigencam", "--metric",
+              "deletion,average_drop,pointing_game,energy_pointing_game,localization_error",
+              "--annotations", str(ann), "--out", str(out), "--step", "5018")
+    assert res.returncode == 0, res.stderr
+    assert "| gradcam |" in res.stdout and "pointing_game (higher better)" in res.stdout
+    assert "coffee.png: no annotation" in res.stderr
+    summary = _json.loads((out / "evaluation.json").read_text())
+    rows = {r["method"]: r for r in summary["results"]}
+    assert rows["gradcam"]["pointing_game"] == 100.0  # the peak lies on the cat
+    assert 0 <= rows["gradcam"]["deletion"] <= 1
+    assert (out / "evaluation.csv").read_text().startswith("method,deletion,average_drop")
+    res = run("evaluate", str(photos), "--metric", "pointing_game", "--out", str(out))
+    assert res.returncode == 2 and "--annotations" in res.stderr
+    res = run("evaluate", str(photos), "--metric", "deletionn", "--out", str(out))
+    assert res.returncode == 2 and "'deletion'" in res.stderr

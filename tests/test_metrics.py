@@ -218,3 +218,30 @@ def test_road_bad_percentiles(model, x):
         metrics.road(model, x, maps, percentiles=(0, 50))
     with pytest.raises(ValueError, match="morf"):
         metrics.road(model, x, maps, order="most")
+
+
+def test_annotations_coco_voc_and_simple(tmp_path):
+    import json
+
+    from camlens._annotations import load_annotations
+
+    coco = {"images": [{"id": 1, "file_name": "a/cat.jpg"}],
+            "annotations": [{"id": 5, "image_id": 1, "bbox": [10, 20, 30, 40]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert load_annotations(tmp_path / "coco.json")["cat.jpg"].boxes == [[10, 20, 40, 60]]
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    (voc / "x.xml").write_text(
+        "<annotation><filename>dog.jpg</filename><object><bndbox><xmin>1</xmin>"
+        "<ymin>5</ymin><xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>"
+    )
+    assert load_annotations(voc)["dog.jpg"].boxes == [[0, 4, 10, 20]]  # 1-based inclusive
+    (tmp_path / "s.json").write_text(json.dumps({"b.png": {"boxes": [[0, 0, 5, 5]], "label": 3}}))
+    got = load_annotations(tmp_path / "s.json")["b.png"]
+    assert got.boxes == [[0, 0, 5, 5]] and got.label == 3
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(ValueError, match="no boxes"):
+        load_annotations(tmp_path / "empty.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"b.png": [[1, 2, 3]]}))
+    with pytest.raises(ValueError, match="four numbers"):
+        load_annotations(tmp_path / "bad.json")

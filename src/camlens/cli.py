@@ -28,6 +28,16 @@ from .targets import TopK
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+# metric name -> True where higher is better
+EVAL_METRICS = {
+    "deletion": False, "insertion": True, "average_drop": False, "increase": True,
+    "road_morf": False, "road_lerf": True, "pointing_game": True,
+    "energy_pointing_game": True, "localization_error": False,
+}
+BOX_METRICS = ("pointing_game", "energy_pointing_game", "localization_error")
+# ROAD's imputation solves a large linear system per image and percentile: asked for by
+# name only (it is not part of "all") until its solver is faster.
+SLOW_METRICS = ("road_morf", "road_lerf")
 
 
 class CliError(Exception):
@@ -88,6 +98,22 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(d)
     _picture_options(d)
     d.set_defaults(func=_cmd_demo, target="top1", layer=None, counterfactual=False)
+
+    ev = sub.add_parser("evaluate", help="score every method's maps: a methods x metrics table")
+    ev.add_argument("paths", nargs="+", metavar="IMAGES")
+    _model_options(ev)
+    ev.add_argument("--method", default="all", help="comma-separated method names, or 'all'")
+    ev.add_argument("--metric", default="all",
+                    help=f"comma-separated, or 'all' (all but ROAD): {', '.join(EVAL_METRICS)}")
+    ev.add_argument("--annotations", default=None,
+                    help="boxes: COCO JSON, a folder of Pascal VOC XML, or {file: boxes} JSON")
+    ev.add_argument("--layer", default=None, help="layer name (default: picked automatically)")
+    ev.add_argument("--step", type=_positive, default=None,
+                    help="deletion/insertion: pixels per step (default: 1 %% of the image)")
+    ev.add_argument("--out", default="camlens-eval", help="output folder (default: camlens-eval)")
+    ev.add_argument("--max-pixels", type=_positive, default=None)
+    ev.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    ev.set_defaults(func=_cmd_evaluate)
 
     m = sub.add_parser("methods", help="list the methods")
     m.set_defaults(func=_cmd_methods)
@@ -389,6 +415,188 @@ def _render(job: Job, item: dict[str, Any]) -> dict[str, Any]:
         grids.append(path.name)
     entry["grids"] = grids
     return entry
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import metrics as M
+    from ._annotations import load_annotations
+    from .viz import DEFAULT_MAX_PIXELS, ImageError, atomic_write, load_image
+
+    methods = _parse_methods(args.method)
+    chosen = _parse_metrics(args.metric, args.annotations is not None)
+    annotations = {}
+    if args.annotations:
+        try:
+            annotations = load_annotations(args.annotations)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    run = Run()
+    files = _collect(args.paths, run)
+    try:
+        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model)
+    except (ValueError, ImportError, TypeError) as err:
+        raise CliError(str(err)) from None
+    layer: Any = args.layer or "auto"
+    if args.layer:
+        try:
+            resolve_layers(model, args.layer)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    device = _device(args.device)
+    model.to(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    show = args.progress == "always" or (
+        args.progress == "auto" and len(files) > 4 and sys.stderr.isatty()
+    )
+    values: dict[tuple[str, str], list[float]] = {}
+    method_errors: dict[str, str] = {}
+    started = time.perf_counter()
+    for start in range(0, len(files), args.batch_size):
+        chunk = range(start, min(start + args.batch_size, len(files)))
+        loaded = []
+        for i in chunk:
+            path, shown, _ = files[i]
+            try:
+                rgb = load_image(path, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+                loaded.append((i, rgb, preprocess(rgb)))
+            except ImageError as err:
+                run.fail(shown, str(err).removeprefix(f"{path}: "))
+        if loaded:
+            x = torch.stack([t for _, _, t in loaded]).to(device)
+            result = compare(model, x, methods, layer, None, errors="keep",
+                             batch_size=max(args.batch_size, 32))
+            classes = result.classes[:, 0]
+            regions, truth, keep = _regions(loaded, files, annotations, preprocess, run,
+                                            bool(set(chosen) & set(BOX_METRICS)))
+            for name, maps in result.items():
+                if isinstance(maps, Exception):
+                    method_errors.setdefault(name, str(maps))
+                    continue
+                for metric in chosen:
+                    got = _metric(M, metric, model, x, maps, classes, regions, truth, keep,
+                                  args.step)
+                    values.setdefault((name, metric), []).extend(got)
+            run.images += [{"file": files[i][1]} for i, _, _ in loaded]
+        if show:
+            _progress(start + len(chunk), len(files), started)
+    for name, err in method_errors.items():
+        print(f"camlens: method {name} failed: {err}", file=sys.stderr)
+    table = _table(methods, chosen, values)
+    print(table)
+    rows = [
+        {"method": m, **{k: _mean(values.get((m, k))) for k in chosen}} for m in methods
+    ]
+    header = ["method", *chosen]
+    csv = "\n".join([",".join(header)] + [
+        ",".join([r["method"]] + ["" if r[k] is None else f"{r[k]:.6g}" for k in chosen])
+        for r in rows
+    ]) + "\n"
+    atomic_write(out / "evaluation.csv", csv.encode("utf-8"))
+    summary = {"model": args.model, "metrics": chosen, "higher_is_better":
+               {k: EVAL_METRICS[k] for k in chosen}, "results": rows,
+               "images": len(run.images), "errors": run.errors, "method_errors": method_errors}
+    atomic_write(out / "evaluation.json", json.dumps(summary, indent=2).encode("utf-8"))
+    atomic_write(out / "evaluation.md", (table + "\n").encode("utf-8"))
+    print(f"camlens: evaluated {len(run.images)} image(s); tables in {out}"
+          + (f"; {len(run.errors)} failed" if run.errors else ""), file=sys.stderr)
+    return 1 if run.errors or method_errors else 0
+
+
+def _parse_metrics(text: str, have_boxes: bool) -> list[str]:
+    valid = list(EVAL_METRICS)
+    if text.strip().lower() == "all":
+        return [m for m in valid
+                if (have_boxes or m not in BOX_METRICS) and m not in SLOW_METRICS]
+    names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
+    for n in names:
+        if n not in EVAL_METRICS:
+            raise CliError(str(unknown_choice("metric", n, valid)))
+        if n in BOX_METRICS and not have_boxes:
+            raise CliError(f"{n} needs object boxes: pass --annotations FILE")
+    return list(dict.fromkeys(names))
+
+
+def _regions(
+    loaded: list[tuple[int, np.ndarray, torch.Tensor]], files: Sequence[tuple[Path, str, str]],
+    annotations: dict[str, Any], preprocess: Any, run: Run, needed: bool,
+) -> tuple[torch.Tensor | None, list[Any], torch.Tensor | None]:
+    """Object masks and boxes in the model's input pixels, for the images that have them."""
+    if not needed:
+        return None, [], None
+    size = preprocess.crop
+    masks = torch.zeros(len(loaded), size, size, dtype=torch.bool)
+    truth: list[Any] = []
+    keep = torch.zeros(len(loaded), dtype=torch.bool)
+    for b, (i, rgb, _) in enumerate(loaded):
+        objects = annotations.get(files[i][0].name)
+        x0, y0, x1, y1 = preprocess.crop_box(*rgb.shape[:2])
+        sx, sy = (x1 - x0) / size, (y1 - y0) / size
+        boxes = []
+        for bx in objects.boxes if objects is not None else []:
+            box = [max(0.0, (bx[0] - x0) / sx), max(0.0, (bx[1] - y0) / sy),
+                   min(float(size), (bx[2] - x0) / sx), min(float(size), (bx[3] - y0) / sy)]
+            if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
+                boxes.append([round(v) for v in box])
+        if not boxes:
+            why = "no annotation" if objects is None else "no annotated box inside the crop"
+            print(f"camlens: {files[i][1]}: {why}; left out of the box metrics", file=sys.stderr)
+            truth.append(None)
+            continue
+        for bx in boxes:
+            masks[b, bx[1]:bx[3], bx[0]:bx[2]] = True
+        truth.append((boxes, objects.label if objects is not None else None))
+        keep[b] = True
+    return masks, truth, keep
+
+
+def _metric(M: Any, metric: str, model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor,
+            classes: torch.Tensor, regions: Any, truth: list[Any], keep: Any,
+            step: int | None = None) -> list[float]:
+    """Per-image values of one metric (in %, where the metric is a rate)."""
+    target = classes.tolist()
+    if metric in ("deletion", "insertion"):
+        return getattr(M, metric)(model, x, maps, target, step=step).tolist()
+    if metric in ("average_drop", "increase"):
+        change = M.confidence_change(model, x, maps, target)
+        per_image = change.drop if metric == "average_drop" else 100 * change.increased.float()
+        return per_image.tolist()
+    if metric.startswith("road"):
+        return M.road(model, x, maps, target, order=metric[5:]).mean(1).tolist()
+    if keep is None or not bool(keep.any()):
+        return []
+    idx = keep.nonzero().flatten()
+    kept = maps[idx].cpu()
+    if metric == "pointing_game":
+        return (100 * M.pointing_game(kept, regions[idx]).float()).tolist()
+    if metric == "energy_pointing_game":
+        return (100 * M.energy_pointing_game(kept, regions[idx])).tolist()
+    found = M.derive_boxes(kept, 0.2)
+    out = []
+    for j, b in enumerate(idx.tolist()):
+        boxes, label = truth[b]
+        best = max(float(M.box_iou(found[j : j + 1], torch.tensor([bx]))[0]) for bx in boxes)
+        wrong = (label is not None and int(classes[b]) != label) or best < 0.5
+        out.append(100.0 * wrong)
+    return out
+
+
+def _mean(vals: list[float] | None) -> float | None:
+    return float(np.mean(vals)) if vals else None
+
+
+def _table(methods: Sequence[str], chosen: Sequence[str],
+           values: dict[tuple[str, str], list[float]]) -> str:
+    arrows = {True: " (higher better)", False: " (lower better)"}
+    head = "| method | " + " | ".join(f"{m}{arrows[EVAL_METRICS[m]]}" for m in chosen) + " |"
+    lines = [head, "|---|" + "---:|" * len(chosen)]
+    for m in methods:
+        cells = []
+        for k in chosen:
+            v = _mean(values.get((m, k)))
+            cells.append("n/a" if v is None else f"{v:.3f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _parse_methods(text: str) -> list[str]:

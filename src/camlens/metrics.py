@@ -260,11 +260,17 @@ def pointing_game(maps: Tensor, objects: Tensor, tolerance: int = 15) -> Tensor:
 
 
 def energy_pointing_game(maps: Tensor, boxes: Tensor) -> Tensor:
-    """Share (B,) of each map's energy inside its box (Score-CAM paper, sec. 5.2)."""
+    """Share (B,) of each map's energy inside its box (Score-CAM paper, sec. 5.2);
+    ``boxes`` (B, 4), or boolean masks (B, H, W) for several objects."""
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
     b, h, w = maps.shape
-    inside = _box_masks(_check_boxes(boxes, h, w), h, w, maps.device)
+    if boxes.ndim == 3:
+        if boxes.shape != maps.shape:
+            raise ValueError(f"masks {tuple(boxes.shape)} must match maps {tuple(maps.shape)}")
+        inside = boxes.bool()
+    else:
+        inside = _box_masks(_check_boxes(boxes, h, w), h, w, maps.device)
     total = maps.flatten(1).sum(1)
     energy = (maps * inside).flatten(1).sum(1)
     return torch.where(total > 0, energy / torch.where(total > 0, total, 1), 0.0)
