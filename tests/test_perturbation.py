@@ -175,3 +175,42 @@ def test_keyboard_interrupt_leaves_the_model_untouched(images):
         camlens.explain(model, images, method="scorecam", batch_size=2, progress=interrupt)
     assert_same_state(before, model_state(model))
     assert model.training and torch.is_grad_enabled()
+
+
+def test_ablation_on_a_module_that_runs_twice(images):
+    """A shared activation module (EfficientNet's _swish): the captured call is the last."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, 3, padding=1)
+            self.b = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+            self.act = nn.ReLU()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.act(self.a(x))
+            x = self.act(self.b(x))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Shared().eval()
+    maps = camlens.explain(model, images, method="ablationcam", layer="act", size=None,
+                           normalize=False)
+    assert maps.shape == (2, 8, 8)  # the second call's resolution
+    # the same as ablating the output of b's ReLU written out by hand
+    x = images
+    with torch.no_grad():
+        h = torch.relu(model.b(torch.relu(model.a(x))))
+        y = model.fc(h.mean((2, 3)))
+        cls = y.argmax(1)
+        want = []
+        for i in range(2):
+            base = y[i, cls[i]]
+            w = []
+            for k in range(8):
+                hk = h[i : i + 1].clone()
+                hk[:, k] = 0
+                w.append((base - model.fc(hk.mean((2, 3)))[0, cls[i]]) / base)
+            want.append(torch.relu(sum(wk * h[i, k] for k, wk in enumerate(w))))
+    assert torch.allclose(maps, torch.stack(want), atol=1e-5)

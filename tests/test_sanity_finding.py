@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-import camlens
 from camlens.metrics import sanity_check
 
 sklearn = pytest.importorskip("sklearn")

@@ -35,6 +35,7 @@ class LayerCapture:
         self.layers = layers
         self.grads = grads
         self.outputs: list[Tensor | None] = [None] * len(layers)
+        self.calls: list[int] = [0] * len(layers)  # how often each layer ran
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> LayerCapture:
@@ -63,6 +64,7 @@ class LayerCapture:
         name = self.layers[index][0]
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            self.calls[index] += 1
             t = output_tensor(output)
             if t is None:
                 raise TypeError(

@@ -165,6 +165,7 @@ def run_pass(
                 layer=layer,
                 seed=seed,
                 gradient_samples=sample,
+                layer_call=capture.calls[i] if srcs else 1,
             )
         )
     return PassResult(output, [n for n, _ in layers] or ["input"], data, classes, single)

@@ -118,7 +118,7 @@ class Scorer:
 
     def with_layer_output(
         self, layer: nn.Module, inputs: Tensor, make: Callable[[slice], Tensor], owner: int,
-        count: int,
+        count: int, call: int = 1,
     ) -> Tensor:
         """Scores (count, K) when ``layer``'s output is replaced by ``make(slice)``.
 
@@ -131,16 +131,18 @@ class Scorer:
         self.progress.plan(count)
         owners = torch.full((count,), owner, dtype=torch.long, device=inputs.device)
         out = []
-        current: dict[str, Tensor] = {}
+        current: dict[str, Any] = {}
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            return current["x"]
+            current["calls"] += 1  # a module run several times: replace the captured call
+            return current["x"] if current["calls"] == call else None
 
         handle = layer.register_forward_hook(hook)
         try:
             with ModelGuard(self.model, self.eval_mode), torch.no_grad():
                 for part in self.chunks(count):
                     current["x"] = make(part)
+                    current["calls"] = 0
                     n = part.stop - part.start
                     try:
                         result = self.model(inputs)
@@ -148,6 +150,7 @@ class Scorer:
                         if scores.shape[0] != n:
                             raise RuntimeError("batch did not follow the replacement")
                     except RuntimeError:
+                        current["calls"] = 0
                         result = self.model(inputs.expand(n, *inputs.shape[1:]))
                         scores = self._score(result, owners[part])
                     out.append(scores.float())

@@ -38,6 +38,7 @@ class LayerData:
     layer: tuple[str, Any] | None = None
     seed: int = 0
     gradient_samples: Tensor | None = None
+    layer_call: int = 1  # which call of the layer was captured (the last of the forward)
 
     @property
     def spatial_ndim(self) -> int:

@@ -232,7 +232,7 @@ class AblationCAM(Method):
                 return out
 
             scores = scorer.with_layer_output(data.layer[1], data.inputs[i : i + 1], make, i,
-                                              c + 1)
+                                              c + 1, call=data.layer_call)
             base, ablated = scores[0], scores[1:]
             weights.append((base - ablated) / base)  # (C, K)
         w = torch.stack(weights).permute(0, 2, 1)
