@@ -197,20 +197,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
     run = Run()
     files = _collect(args.paths, run)
-    try:
-        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model)
-    except (ValueError, ImportError, TypeError) as err:
-        raise CliError(str(err)) from None
+    model, preprocess, labels, layer, device = _load(args)
     target = _parse_target(args.target, labels)
-    layer: Any = "auto"
-    if args.layer:
-        try:
-            resolve_layers(model, args.layer)
-        except ValueError as err:
-            raise CliError(str(err)) from None
-        layer = args.layer
-    device = _device(args.device)
-    model.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     job = Job(args, files, _output_names(files), out, model, preprocess, labels, target, layer,
@@ -432,18 +420,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise CliError(str(err)) from None
     run = Run()
     files = _collect(args.paths, run)
-    try:
-        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model)
-    except (ValueError, ImportError, TypeError) as err:
-        raise CliError(str(err)) from None
-    layer: Any = args.layer or "auto"
-    if args.layer:
-        try:
-            resolve_layers(model, args.layer)
-        except ValueError as err:
-            raise CliError(str(err)) from None
-    device = _device(args.device)
-    model.to(device)
+    model, preprocess, labels, layer, device = _load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     show = args.progress == "always" or (
@@ -501,6 +478,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"camlens: evaluated {len(run.images)} image(s); tables in {out}"
           + (f"; {len(run.errors)} failed" if run.errors else ""), file=sys.stderr)
     return 1 if run.errors or method_errors else 0
+
+
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any, torch.device]:
+    """The model, its preprocessing and labels, the checked layer and the device."""
+    try:
+        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model)
+    except (ValueError, ImportError, TypeError) as err:
+        raise CliError(str(err)) from None
+    if args.layer:
+        try:
+            resolve_layers(model, args.layer)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    device = _device(args.device)
+    model.to(device)
+    return model, preprocess, labels, args.layer or "auto", device
 
 
 def _parse_metrics(text: str, have_boxes: bool) -> list[str]:

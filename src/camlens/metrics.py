@@ -235,21 +235,25 @@ def _box_masks(boxes: Tensor, h: int, w: int, device: torch.device) -> Tensor:
             & (ys >= b[:, 1, None, None]) & (ys < b[:, 3, None, None]))
 
 
-def pointing_game(maps: Tensor, objects: Tensor, tolerance: int = 15) -> Tensor:
-    """Hits (B,) bool: the map's maximum lies within ``tolerance`` pixels of the object.
-
-    ``objects``: boxes (B, 4) or boolean masks (B, H, W). Zhang et al. 2016 (Excitation
-    Backprop), https://arxiv.org/abs/1608.00507
-    """
+def _object_region(maps: Tensor, objects: Tensor) -> Tensor:
+    """Boolean object masks (B, H, W) from boxes (B, 4) or masks, checked against maps."""
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
     b, h, w = maps.shape
     if objects.ndim == 3:
         if objects.shape != maps.shape:
             raise ValueError(f"masks {tuple(objects.shape)} must match maps {tuple(maps.shape)}")
-        region = objects.bool()
-    else:
-        region = _box_masks(_check_boxes(objects, h, w), h, w, maps.device)
+        return objects.bool().to(maps.device)
+    return _box_masks(_check_boxes(objects, h, w), h, w, maps.device)
+
+
+def pointing_game(maps: Tensor, objects: Tensor, tolerance: int = 15) -> Tensor:
+    """Hits (B,) bool: the map's maximum lies within ``tolerance`` pixels of the object.
+
+    ``objects``: boxes (B, 4) or boolean masks (B, H, W). Zhang et al. 2016 (Excitation
+    Backprop), https://arxiv.org/abs/1608.00507
+    """
+    region = _object_region(maps, objects)
     if tolerance > 0:  # grow the object by the tolerance (a disc)
         r = int(tolerance)
         yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
@@ -262,15 +266,7 @@ def pointing_game(maps: Tensor, objects: Tensor, tolerance: int = 15) -> Tensor:
 def energy_pointing_game(maps: Tensor, boxes: Tensor) -> Tensor:
     """Share (B,) of each map's energy inside its box (Score-CAM paper, sec. 5.2);
     ``boxes`` (B, 4), or boolean masks (B, H, W) for several objects."""
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
-    b, h, w = maps.shape
-    if boxes.ndim == 3:
-        if boxes.shape != maps.shape:
-            raise ValueError(f"masks {tuple(boxes.shape)} must match maps {tuple(maps.shape)}")
-        inside = boxes.bool()
-    else:
-        inside = _box_masks(_check_boxes(boxes, h, w), h, w, maps.device)
+    inside = _object_region(maps, boxes)
     total = maps.flatten(1).sum(1)
     energy = (maps * inside).flatten(1).sum(1)
     return torch.where(total > 0, energy / torch.where(total > 0, total, 1), 0.0)
