@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -122,3 +123,31 @@ def assert_same_state(before: dict, after: dict) -> None:
                 assert a is None and b is None, (key, n1)
             else:
                 assert torch.equal(a, b), (key, n1)
+
+
+def minmax(maps) -> np.ndarray:
+    """Per-image min-max normalisation (float64) of maps (B, ...); constant maps -> 0."""
+    m = np.asarray(maps.detach() if isinstance(maps, torch.Tensor) else maps, dtype=np.float64)
+    flat = m.reshape(m.shape[0], -1)
+    lo = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - lo
+    out = np.where(span > 0, (flat - lo) / np.where(span > 0, span, 1.0), 0.0)
+    return out.reshape(m.shape)
+
+
+def assert_close_maps(ours, ref, label: str = "", tol: float = 1e-4) -> float:
+    """Both maps normalised per image; max |difference| <= tol. Returns that difference.
+
+    A comparison of two constant maps would prove nothing: every reference map must have
+    some structure.
+    """
+    ours_n, ref_n = minmax(ours), minmax(ref)
+    assert ours_n.shape == ref_n.shape, (ours_n.shape, ref_n.shape)
+    raw = np.asarray(ref.detach() if isinstance(ref, torch.Tensor) else ref, dtype=np.float64)
+    raw = raw.reshape(ref_n.shape[0], -1)
+    assert np.all(raw.max(axis=1) > raw.min(axis=1)), "reference map is constant"
+    diff = float(np.abs(ours_n - ref_n).max())
+    if label:
+        print(f"\n[{label}] max abs difference (normalised): {diff:.3g}")
+    assert diff <= tol, f"{label}: max abs difference {diff:.3g} > {tol:g}"
+    return diff

@@ -28,7 +28,7 @@ import pytest
 import pytorch_grad_cam as pgc
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from conftest import Zoo
+from conftest import Zoo, assert_close_maps, minmax
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import Tensor, nn
@@ -110,31 +110,6 @@ def pgc_maps(zoo, images):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def minmax(maps: Tensor | np.ndarray) -> np.ndarray:
-    """Per-image min-max normalisation (float64) of maps (B, H, W); constant maps -> 0."""
-    m = np.asarray(maps, dtype=np.float64)
-    flat = m.reshape(m.shape[0], -1)
-    lo = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - lo
-    out = np.where(span > 0, (flat - lo) / np.where(span > 0, span, 1.0), 0.0)
-    return out.reshape(m.shape)
-
-
-def assert_close_maps(
-    ours: Tensor | np.ndarray, ref: Tensor | np.ndarray, tol: float = TOL
-) -> float:
-    """Both maps normalised per image; max |difference| <= tol. Returns that difference."""
-    ours_n, ref_n = minmax(ours), minmax(ref)
-    assert ours_n.shape == ref_n.shape
-    # A comparison of two constant maps would prove nothing: every reference map must
-    # have some structure.
-    raw = np.asarray(ref, dtype=np.float64).reshape(ref_n.shape[0], -1)
-    assert np.all(raw.max(axis=1) > raw.min(axis=1)), "reference map is constant"
-    diff = float(np.abs(ours_n - ref_n).max())
-    assert diff <= tol, f"max abs difference {diff:.3g} > {tol:g}"
-    return diff
 
 
 def explain(zoo: Zoo, images: Tensor, name: str, method: str, size="input", **options) -> Tensor:

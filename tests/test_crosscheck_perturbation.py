@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.attr import GuidedGradCam as CaptumGuidedGradCam
-from conftest import Zoo
+from conftest import Zoo, assert_close_maps, minmax
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_kernel
@@ -101,30 +101,6 @@ def cache() -> dict:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def minmax(maps: Tensor | np.ndarray) -> np.ndarray:
-    """Per-image min-max normalisation (float64) of maps (B, ...); constant maps -> 0."""
-    m = np.asarray(maps, dtype=np.float64)
-    flat = m.reshape(m.shape[0], -1)
-    lo = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - lo
-    out = np.where(span > 0, (flat - lo) / np.where(span > 0, span, 1.0), 0.0)
-    return out.reshape(m.shape)
-
-
-def assert_close_maps(ours, ref, label: str, tol: float = TOL) -> float:
-    """Both maps normalised per image; max |difference| <= tol. Returns that difference."""
-    ours = ours.detach() if isinstance(ours, Tensor) else ours
-    ref = ref.detach() if isinstance(ref, Tensor) else ref
-    ours_n, ref_n = minmax(ours), minmax(ref)
-    assert ours_n.shape == ref_n.shape, (ours_n.shape, ref_n.shape)
-    raw = np.asarray(ref, dtype=np.float64).reshape(ref_n.shape[0], -1)
-    assert np.all(raw.max(axis=1) > raw.min(axis=1)), "reference map is constant"
-    diff = float(np.abs(ours_n - ref_n).max())
-    print(f"\n[{label}] max abs difference (normalised): {diff:.3g}")
-    assert diff <= tol, f"{label}: max abs difference {diff:.3g} > {tol:g}"
-    return diff
 
 
 def assert_close_raw(ours, ref, label: str, rtol: float = RTOL) -> float:

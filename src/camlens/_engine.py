@@ -294,27 +294,19 @@ def _gradients(
         grads = torch.autograd.grad(scores.sum(), srcs, allow_unused=True,
                                     create_graph=create_graph)
         out = [g.unsqueeze(1) if g is not None else None for g in grads]
+    elif create_graph:  # Hessian products need a graph per target
+        out = _per_target(scores, srcs, create_graph=True)
     else:
         eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
         basis = eye.unsqueeze(1).expand(k, b, k)
         try:
-            if create_graph:
-                raise RuntimeError("no batched products with create_graph")
             grads = torch.autograd.grad(
                 scores, srcs, grad_outputs=basis, is_grads_batched=True, allow_unused=True,
                 retain_graph=True,
             )
             out = [g.movedim(0, 1) if g is not None else None for g in grads]
         except RuntimeError:  # an op without a batching rule: fall back to K passes
-            per_k = [
-                torch.autograd.grad(scores[:, j].sum(), srcs, allow_unused=True, retain_graph=True,
-                                    create_graph=create_graph)
-                for j in range(k)
-            ]
-            out = [
-                torch.stack([p[i] for p in per_k], dim=1) if per_k[0][i] is not None else None
-                for i in range(len(srcs))
-            ]
+            out = _per_target(scores, srcs, create_graph=False)
     for name, g in zip(names, out):
         if g is None:
             raise ValueError(
@@ -322,6 +314,19 @@ def _gradients(
                 "path from the input to the output"
             )
     return out  # type: ignore[return-value]
+
+
+def _per_target(scores: Tensor, srcs: list[Tensor], create_graph: bool) -> list[Tensor | None]:
+    """d scores[:, j] / d srcs, one target at a time, stacked as (B, K, ...)."""
+    per_k = [
+        torch.autograd.grad(scores[:, j].sum(), srcs, allow_unused=True, retain_graph=True,
+                            create_graph=create_graph)
+        for j in range(scores.shape[1])
+    ]
+    return [
+        torch.stack([p[i] for p in per_k], dim=1) if per_k[0][i] is not None else None
+        for i in range(len(srcs))
+    ]
 
 
 def _classifier_weight(linears: LinearCapture, acts: Tensor, output: Any, name: str) -> Tensor:

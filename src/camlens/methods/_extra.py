@@ -6,14 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._postprocess import upsample
 from .._registry import register_method
 from ..targets import find_logits
 from ._base import LayerData, Method, minmax, spatial_mean
-
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def _bias(module: nn.Module) -> Tensor:
@@ -55,7 +53,6 @@ class FullGrad(Method):
         first = layers[0]
         assert first.inputs is not None and first.input_gradients is not None
         x, size = first.inputs, tuple(first.inputs.shape[2:])
-        mode = _MODES[len(size)]
         total = minmax((first.input_gradients * x.unsqueeze(1)).abs(), 3, self.eps).sum(2)
         for d in layers:
             assert d.gradients is not None and d.layer is not None
@@ -63,8 +60,7 @@ class FullGrad(Method):
             shaped = bias.view(1, 1, -1, *([1] * d.spatial_ndim))
             part = minmax((d.gradients * shaped).abs(), 3, self.eps)  # (B, K, C, *S)
             b, k, c = part.shape[:3]
-            up = F.interpolate(part.flatten(1, 2), size=size, mode=mode, align_corners=False)
-            total = total + up.view(b, k, c, *size).sum(2)
+            total = total + upsample(part.flatten(1, 2), size).view(b, k, c, *size).sum(2)
         return [total]
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .._postprocess import upsample
 from .._registry import register_method
-from ._base import LayerData, Method, weighted_channel_sum
+from ._base import LayerData, Method
+from ._gradient import GradCAM
 
 
 def _reduce(g: Tensor, channels: bool) -> Tensor:
@@ -59,9 +59,5 @@ class GuidedGradCAM(Method):
 
     def compute(self, data: LayerData) -> Tensor:
         assert data.input_gradients is not None and data.gradients is not None
-        weights = data.gradients.flatten(3).mean(dim=-1)
-        cam = torch.relu(weighted_channel_sum(data.activations, weights))  # (B, K, *S)
-        size = tuple(data.input_gradients.shape[3:])
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-        cam = F.interpolate(cam, size=size, mode=mode, align_corners=False)
+        cam = upsample(GradCAM().compute(data), data.input_gradients.shape[3:])
         return _reduce(data.input_gradients * cam.unsqueeze(2), self.channels)

@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._postprocess import _MODES
 from .._registry import register_method
 from ._base import LayerData, Method, minmax
-
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def _check_batch(batch_size: int) -> None:
