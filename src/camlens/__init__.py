@@ -12,7 +12,15 @@ from ._derive import boxes, masks
 from ._explainer import Explainer, compare, explain
 from ._registry import available_methods, describe, register_method
 from .models import load_model
-from .targets import ClassTarget, SoftmaxTarget, TopK
+from .targets import (
+    BoxTarget,
+    ClassTarget,
+    SegmentationTarget,
+    SimilarityTarget,
+    SoftmaxTarget,
+    TokenTarget,
+    TopK,
+)
 
 __version__ = "0.1.0"
 
@@ -27,9 +35,13 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "BoxTarget",
     "ClassTarget",
     "Explainer",
+    "SegmentationTarget",
+    "SimilarityTarget",
     "SoftmaxTarget",
+    "TokenTarget",
     "TopK",
     "__version__",
     "available_methods",

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._capture import LayerCapture, LinearCapture
 from ._guard import ModelGuard
@@ -16,6 +17,7 @@ from ._guided import GuidedReLUs
 from ._layers import Reshape, find_auto_layer, to_channels_first
 from ._scorer import Scorer
 from .methods._base import LayerData, Method
+from .targets import bind_target
 
 
 @dataclass
@@ -27,6 +29,7 @@ class PassResult:
     layers: list[LayerData]
     classes: Tensor | None
     single: bool
+    matched: Tensor | None = None  # (B,) False where the target found nothing to explain
 
 
 def run_pass(
@@ -69,7 +72,7 @@ def run_pass(
         m.needs_scorer for m in methods
     ):
         return _guided_only(model, inputs, target, counterfactual, eval_mode, seed)
-    own = [m.own_layers(model) for m in methods if hasattr(m, "own_layers")]
+    own = [m.own_layers(model, inputs) for m in methods if hasattr(m, "own_layers")]
     transforms = [m for m in methods if hasattr(m, "transform_scores")]
     noisy = [m for m in methods if getattr(m, "noise_samples", 0)]
     if len(own) + len(transforms) + len(noisy) > 1 or (
@@ -87,6 +90,8 @@ def run_pass(
         with ExitStack() as stack:
             capture = stack.enter_context(LayerCapture(layers, grads=need_grads))
             linears = stack.enter_context(LinearCapture(model)) if need_classifier else None
+            if need_hessian:  # fused attention kernels have no second derivative
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
             with torch.enable_grad() if need_input_grads else torch.no_grad():
                 output = model(x)
         for (name, _), out in zip(layers, capture.outputs):
@@ -96,14 +101,19 @@ def run_pass(
                     "the model uses (see model.named_modules())"
                 )
         srcs: list[Tensor] = capture.outputs  # type: ignore[assignment]
+        target = bind_target(target, output)
+        matched = getattr(target, "matched", None)
         with torch.enable_grad():
             classes, scores, single = _scores(target, output, inputs.shape[0])
+            if matched is not None and not bool(matched.any()) and not scores.requires_grad:
+                # nothing matched anywhere: zero gradients (all-zero maps), not an error
+                scores = scores + 0.0 * sum(s.sum() for s in srcs)
             if transforms:
                 scores = transforms[0].transform_scores(output, classes)
             wrt = srcs + ([x] if need_input_grads else [])
             names = [n for n, _ in layers] + (["input"] if need_input_grads else [])
             grads = (
-                _gradients(scores, wrt, names, create_graph=need_hessian)
+                _gradients(scores, wrt, names, create_graph=need_hessian, unused_ok=bool(own))
                 if need_grads and wrt else None
             )
             hvps = _hessian_products(grads[: len(srcs)], srcs) if need_hessian and grads else None
@@ -128,6 +138,14 @@ def run_pass(
     sources = [(s, layers[i]) for i, s in enumerate(srcs)] or [(inputs, ("input", model))]
     for i, (src, layer) in enumerate(sources):
         if srcs:
+            if src.shape[0] != inputs.shape[0]:
+                raise ValueError(
+                    f"layer {layer[0]!r} gives an output of shape {tuple(src.shape)}, whose "
+                    f"first dimension is not the batch of {inputs.shape[0]} input(s) (e.g. "
+                    "features per detected region, or sequence-first tokens); pick a layer "
+                    "whose output starts with the batch, such as 'backbone.body.layer4' in "
+                    "torchvision detectors"
+                )
             acts = to_channels_first(src.detach(), inputs.shape, reshape, lead=1)
         else:
             acts = src
@@ -168,7 +186,8 @@ def run_pass(
                 layer_call=capture.calls[i] if srcs else 1,
             )
         )
-    return PassResult(output, [n for n, _ in layers] or ["input"], data, classes, single)
+    return PassResult(output, [n for n, _ in layers] or ["input"], data, classes, single,
+                      matched)
 
 
 def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: bool,
@@ -181,12 +200,16 @@ def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: 
             output = model(x)
             if mode.count == 0:
                 raise ValueError(_NO_RELU.format(type(model).__name__))
+            target = bind_target(target, output)
+            matched = getattr(target, "matched", None)
             classes, scores, single = _scores(target, output, inputs.shape[0])
+            if matched is not None and not bool(matched.any()) and not scores.requires_grad:
+                scores = scores + 0.0 * x.sum()
             (g,) = _gradients(-scores if counterfactual else scores, [x], ["input"])
     data = LayerData(activations=inputs, gradients=None, num_targets=scores.shape[1],
                      classes=classes, counterfactual=counterfactual, inputs=inputs,
                      input_gradients=g.detach(), layer=("input", model), seed=seed)
-    return PassResult(_detach_output(output), ["input"], [data], classes, single)
+    return PassResult(_detach_output(output), ["input"], [data], classes, single, matched)
 
 
 _NO_RELU = (
@@ -239,6 +262,17 @@ def _noisy_gradients(
 
 def _hessian_products(grads: list[Tensor], srcs: list[Tensor]) -> list[Tensor]:
     """(d/dA of (dy/dA . A)) for each layer and target: the Hessian times the activations."""
+    try:
+        return _hvps(grads, srcs)
+    except RuntimeError as err:  # e.g. torchvision's roi_align has no double backward
+        raise ValueError(
+            "this method needs second derivatives (Hessian-vector products), but an "
+            f"operation of the model has none ({str(err).splitlines()[0]}); use a "
+            "first-order method such as 'gradcam'"
+        ) from err
+
+
+def _hvps(grads: list[Tensor], srcs: list[Tensor]) -> list[Tensor]:
     out = []
     for g, a in zip(grads, srcs):
         per_k = []
@@ -281,9 +315,13 @@ def _scores(target: Any, output: Any, batch: int) -> tuple[Tensor | None, Tensor
 
 
 def _gradients(
-    scores: Tensor, srcs: list[Tensor], names: list[str], create_graph: bool = False
+    scores: Tensor, srcs: list[Tensor], names: list[str], create_graph: bool = False,
+    unused_ok: bool = False,
 ) -> list[Tensor]:
-    """d scores / d srcs as (B, K, *layer_shape) per layer, in one batched VJP."""
+    """d scores / d srcs as (B, K, *layer_shape) per layer, in one batched VJP.
+
+    ``unused_ok``: a layer off the path to the score (FullGrad's every-layer sweep meets
+    a detector's proposal branch) gets zero gradients instead of an error."""
     if not scores.requires_grad:
         raise ValueError(
             "the target scores do not depend on the chosen layer(s); a target callable must "
@@ -307,8 +345,10 @@ def _gradients(
             out = [g.movedim(0, 1) if g is not None else None for g in grads]
         except RuntimeError:  # an op without a batching rule: fall back to K passes
             out = _per_target(scores, srcs, create_graph=False)
-    for name, g in zip(names, out):
-        if g is None:
+    for i, (name, g) in enumerate(zip(names, out)):
+        if g is None and unused_ok:
+            out[i] = srcs[i].new_zeros(b, k, *srcs[i].shape[1:])
+        elif g is None:
             raise ValueError(
                 f"layer {name!r} does not influence the target score; pick a layer on the "
                 "path from the input to the output"

@@ -274,6 +274,9 @@ def _finish(
             f"size {out_size} does not match the maps' {spatial} spatial dimensions"
         )
     fused = fuse([_resize(m.float(), out_size) for m in maps])
+    if result.matched is not None:  # images where the target found nothing: all zero
+        keep = result.matched.to(fused.device, fused.dtype)
+        fused = fused * keep.view(-1, *([1] * (fused.ndim - 1)))
     return _finish_maps(fused, inputs, None, normalize, result.single and squeeze)
 
 

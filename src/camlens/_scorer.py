@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._guard import ModelGuard
+from ._layers import from_channels_first, output_tensor
 from .targets import find_logits
 
 
@@ -91,7 +92,8 @@ class Scorer:
             return probs.gather(1, self.classes[owner])
         if self.classes is not None and hasattr(self.target, "scores"):
             return self.target.scores(output, self.classes[owner])
-        scores = self.target(output)
+        pick = getattr(self.target, "for_images", None)
+        scores = (pick(owner) if callable(pick) else self.target)(output)
         return scores.unsqueeze(1) if scores.ndim == 1 else scores
 
     def chunks(self, n: int) -> Iterator[slice]:
@@ -135,7 +137,17 @@ class Scorer:
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             current["calls"] += 1  # a module run several times: replace the captured call
-            return current["x"] if current["calls"] == call else None
+            if current["calls"] != call:
+                return None
+            like = output_tensor(output)
+            assert like is not None
+            # back into the layer's own layout: tokens, channels-last
+            x = from_channels_first(current["x"], like, inputs.shape)
+            if isinstance(output, tuple):
+                return (x, *output[1:])
+            if isinstance(output, list):
+                return [x, *output[1:]]
+            return x
 
         handle = layer.register_forward_hook(hook)
         try:

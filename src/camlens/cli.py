@@ -35,11 +35,6 @@ EVAL_METRICS = {
     "energy_pointing_game": True, "localization_error": False,
 }
 BOX_METRICS = ("pointing_game", "energy_pointing_game", "localization_error")
-# ROAD's imputation solves a large linear system per image and percentile: asked for by
-# name only (it is not part of "all") until its solver is faster.
-SLOW_METRICS = ("road_morf", "road_lerf")
-
-
 class CliError(Exception):
     """A usage problem: printed as one line, exit code 2."""
 
@@ -500,7 +495,7 @@ def _parse_metrics(text: str, have_boxes: bool) -> list[str]:
     valid = list(EVAL_METRICS)
     if text.strip().lower() == "all":
         return [m for m in valid
-                if (have_boxes or m not in BOX_METRICS) and m not in SLOW_METRICS]
+                if have_boxes or m not in BOX_METRICS]
     names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
     for n in names:
         if n not in EVAL_METRICS:

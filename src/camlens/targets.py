@@ -6,13 +6,50 @@ methods that read the classifier (CAM) and the CLI's labels can use them.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ClassTarget", "SoftmaxTarget", "TopK", "find_logits"]
+__all__ = [
+    "BoxTarget",
+    "ClassTarget",
+    "SegmentationTarget",
+    "SimilarityTarget",
+    "SoftmaxTarget",
+    "TokenTarget",
+    "TopK",
+    "find_logits",
+]
+
+
+def _find_tensor(output: Any, keys: Sequence[str], what: str) -> Tensor:
+    """The tensor inside a model output: itself, the first of ``keys`` found as an attribute
+    (Hugging Face ``ModelOutput``) or dict key, else the first tensor of a dict/tuple/list."""
+    found: Any = None
+    if isinstance(output, Tensor):
+        found = output
+    else:
+        for key in keys:
+            value = output.get(key) if isinstance(output, Mapping) else getattr(output, key, None)
+            if isinstance(value, Tensor):
+                found = value
+                break
+        else:
+            if isinstance(output, Mapping):
+                found = next((v for v in output.values() if isinstance(v, Tensor)), None)
+            elif isinstance(output, (tuple, list)):
+                found = next((v for v in output if isinstance(v, Tensor)), None)
+    if not isinstance(found, Tensor):
+        raise TypeError(
+            f"cannot find {what} in a model output of type {type(output).__name__}; pass "
+            "target=callable(output) -> Tensor (B,) that picks the score to explain"
+        )
+    return found
 
 
 def find_logits(output: Any) -> Tensor:
@@ -21,25 +58,7 @@ def find_logits(output: Any) -> Tensor:
     Understands a tensor, a tuple/list (first tensor), a dict (``"logits"``, ``"out"``, or
     its first tensor value) and objects with a ``.logits`` attribute (Hugging Face).
     """
-    found: Any = output
-    if isinstance(output, Tensor):
-        found = output
-    elif hasattr(output, "logits") and isinstance(output.logits, Tensor):
-        found = output.logits
-    elif isinstance(output, Mapping):
-        for key in ("logits", "out"):
-            if isinstance(output.get(key), Tensor):
-                found = output[key]
-                break
-        else:
-            found = next((v for v in output.values() if isinstance(v, Tensor)), None)
-    elif isinstance(output, (tuple, list)):
-        found = next((v for v in output if isinstance(v, Tensor)), None)
-    if not isinstance(found, Tensor):
-        raise TypeError(
-            f"cannot find class scores in a model output of type {type(output).__name__}; "
-            "pass target=callable(output) -> Tensor (B,) that picks the score to explain"
-        )
+    found = _find_tensor(output, ("logits", "out"), "class scores")
     if found.ndim != 2:
         raise ValueError(
             f"class targets need (B, num_classes) scores, but the model output has shape "
@@ -139,6 +158,395 @@ class TopK:
 
     def __repr__(self) -> str:
         return f"TopK({self.k})"
+
+
+
+def bind_target(target: Any, output: Any) -> Any:
+    """The target with what it decides on the explained output itself fixed (the default
+    segmentation region, predicted tokens, matched detections); others come back as they are.
+    """
+    bind = getattr(target, "bind", None)
+    return bind(output) if callable(bind) else target
+
+
+def _unmatched(matched: Tensor, what: str) -> None:
+    if not bool(matched.all()):
+        images = torch.nonzero(~matched).flatten().tolist()
+        warnings.warn(
+            f"{what} in image(s) {images}: nothing to explain there, so their maps are all "
+            "zero", UserWarning, stacklevel=4,
+        )
+
+
+def _as_float_tensor(value: Any, name: str) -> Tensor:
+    t = torch.as_tensor(value)
+    if t.is_complex() or t.dtype == torch.bool:
+        t = t.float()
+    t = t.float() if not t.is_floating_point() else t
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+class SegmentationTarget:
+    """The summed score of one class over a region of a segmentation output.
+
+    ``y = sum_{(i, j) in R} S_c[i, j]`` over the logits ``S`` (B, classes, H, W): with
+    ``mask=None`` the region ``R`` is every pixel where class ``c`` wins, taken from the
+    explained image's own output (and kept for perturbed copies), as in Vinogradova et al.,
+    "Towards interpretable semantic segmentation via gradient-weighted class activation
+    mapping", AAAI 2020, https://arxiv.org/abs/2002.11434. ``mask`` is (H, W) or (B, H, W),
+    boolean or weights; one of another size than the logits is resized (nearest).
+    Reads tensors, torchvision's ``{"out": ...}`` and Hugging Face's ``.logits``.
+    An image where the region is empty gets an all-zero map and a warning.
+    """
+
+    single = True
+
+    def __init__(self, class_index: int, mask: Any = None) -> None:
+        if isinstance(class_index, bool) or not isinstance(class_index, int) or class_index < 0:
+            raise ValueError(f"class_index must be an int >= 0, got {class_index!r}")
+        self.class_index = class_index
+        self.mask: Tensor | None = None if mask is None else _as_float_tensor(mask, "mask")
+        self.matched: Tensor | None = None
+        self._batched = False
+
+    def _logits(self, output: Any) -> Tensor:
+        logits = _find_tensor(output, ("logits", "out"), "segmentation scores")
+        if logits.ndim < 3:
+            raise ValueError(
+                f"SegmentationTarget needs scores (B, classes, H, W), but the model output "
+                f"has shape {tuple(logits.shape)}; for (B, classes) use ClassTarget"
+            )
+        if self.class_index >= logits.shape[1]:
+            raise ValueError(
+                f"class {self.class_index} is out of range for a segmentation output with "
+                f"{logits.shape[1]} classes; use 0 to {logits.shape[1] - 1}"
+            )
+        return logits
+
+    def _region(self, logits: Tensor) -> Tensor:
+        if self.mask is None:
+            return (logits.detach().argmax(1) == self.class_index).to(logits.dtype)
+        mask = self.mask.to(logits.device, logits.dtype)
+        spatial = logits.shape[2:]
+        if mask.ndim == len(spatial):
+            mask = mask.unsqueeze(0)
+        if mask.ndim != len(spatial) + 1 or mask.shape[0] not in (1, logits.shape[0]):
+            raise ValueError(
+                f"mask of shape {tuple(self.mask.shape)} does not fit segmentation scores of "
+                f"shape {tuple(logits.shape)}; give (H, W) or (B, H, W)"
+            )
+        if mask.shape[1:] != spatial:
+            mask = F.interpolate(mask.unsqueeze(1), size=tuple(spatial), mode="nearest")[:, 0]
+        return mask
+
+    def bind(self, output: Any) -> SegmentationTarget:
+        logits = self._logits(output)
+        region = self._region(logits).expand(logits.shape[0], *logits.shape[2:])
+        bound = copy.copy(self)
+        bound.mask, bound._batched = region, True
+        bound.matched = region.flatten(1).ne(0).any(1).cpu()
+        _unmatched(bound.matched, f"class {self.class_index} covers no pixel of the region")
+        return bound
+
+    def for_images(self, owner: Tensor) -> SegmentationTarget:
+        if not self._batched or self.mask is None:
+            return self
+        picked = copy.copy(self)
+        picked.mask = self.mask[owner.to(self.mask.device)]
+        return picked
+
+    def __call__(self, output: Any) -> Tensor:
+        logits = self._logits(output)
+        region = self._region(logits)
+        return (logits[:, self.class_index] * region).flatten(1).sum(1)
+
+    def __repr__(self) -> str:
+        mask = "None" if self.mask is None else f"<mask {tuple(self.mask.shape)}>"
+        return f"SegmentationTarget({self.class_index}, mask={mask})"
+
+
+def _iou(boxes: Tensor, box: Tensor) -> Tensor:
+    """IoU of boxes (..., 4) with one box (4,) per leading row broadcast, (x1, y1, x2, y2)."""
+    lt = torch.maximum(boxes[..., :2], box[..., :2])
+    rb = torch.minimum(boxes[..., 2:], box[..., 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0).prod(-1)
+    area_box = (box[..., 2:] - box[..., :2]).clamp_min(0).prod(-1)
+    union = area + area_box - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+class BoxTarget:
+    """The score of the detection of ``label`` that overlaps ``box`` (x1, y1, x2, y2) most.
+
+    Among detections of ``label`` whose IoU with ``box`` is at least ``iou_threshold``, the
+    one with the highest IoU is explained; if there is none the score is 0, and the image
+    gets an all-zero map and a warning. ``box`` is (4,) for every image or (B, 4), in the
+    input's pixel coordinates. Model outputs understood:
+
+    - one dict per image with ``"boxes"``, ``"labels"`` and ``"scores"`` (torchvision
+      Faster R-CNN, RetinaNet, FCOS, SSD, in eval mode);
+    - raw YOLO-style predictions (B, N, 5 + classes) = (cx, cy, w, h, objectness, class
+      scores), alone or first in a tuple: a detection's label is its best class and its
+      score is objectness x class score.
+
+    Detections are matched again on every perturbed copy (perturbation methods), as the
+    detector's own post-processing would.
+    """
+
+    single = True
+
+    def __init__(self, label: int, box: Any, iou_threshold: float = 0.5) -> None:
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise ValueError(f"label must be an int >= 0, got {label!r}")
+        b = _as_float_tensor(box, "box")
+        if b.shape[-1:] != (4,) or b.ndim not in (1, 2):
+            raise ValueError(
+                f"box must be (x1, y1, x2, y2) or (B, 4), got shape {tuple(b.shape)}"
+            )
+        if bool(((b[..., 2] <= b[..., 0]) | (b[..., 3] <= b[..., 1])).any()):
+            raise ValueError(f"box needs x2 > x1 and y2 > y1 (x1, y1, x2, y2), got {b.tolist()}")
+        if not 0 < iou_threshold <= 1:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        self.label, self.box, self.iou_threshold = label, b, float(iou_threshold)
+        self.matched: Tensor | None = None
+
+    def _boxes(self, batch: int, device: torch.device) -> Tensor:
+        box = self.box.to(device)
+        if box.ndim == 1:
+            return box.expand(batch, 4)
+        if box.shape[0] != batch:
+            raise ValueError(
+                f"got {box.shape[0]} boxes for a batch of {batch} images; give one box per "
+                "image or a single box (4,) for all"
+            )
+        return box
+
+    def _match(self, output: Any) -> tuple[Tensor, Tensor]:
+        """(scores (B,), matched (B,) bool)."""
+        if isinstance(output, (list, tuple)) and output and all(
+            isinstance(o, Mapping) for o in output
+        ):
+            return self._match_dicts(output)
+        pred = _find_tensor(output, ("pred", "predictions"), "detections")
+        if pred.ndim != 3 or pred.shape[-1] < 6:
+            raise ValueError(
+                "BoxTarget understands a list of dicts with 'boxes', 'labels' and 'scores' "
+                "(torchvision detectors) or YOLO-style (B, N, 5 + classes) predictions; got "
+                f"a tensor of shape {tuple(pred.shape)}. Pass target=callable(output) instead"
+            )
+        return self._match_yolo(pred)
+
+    def _match_dicts(self, output: Sequence[Mapping[str, Any]]) -> tuple[Tensor, Tensor]:
+        missing = {"boxes", "labels", "scores"} - set(output[0])
+        if missing:
+            raise ValueError(
+                f"the detector's outputs lack {sorted(missing)}; BoxTarget needs 'boxes', "
+                "'labels' and 'scores' per image"
+            )
+        boxes = self._boxes(len(output), output[0]["boxes"].device)
+        scores, matched = [], []
+        for i, det in enumerate(output):
+            iou = _iou(det["boxes"].detach().float(), boxes[i])
+            ok = (det["labels"] == self.label) & (iou >= self.iou_threshold)
+            if bool(ok.any()):
+                j = int(torch.where(ok, iou, torch.full_like(iou, -1.0)).argmax())
+                scores.append(det["scores"][j])
+            else:
+                scores.append(det["scores"].sum() * 0.0)
+            matched.append(bool(ok.any()))
+        return torch.stack(scores), torch.tensor(matched)
+
+    def _match_yolo(self, pred: Tensor) -> tuple[Tensor, Tensor]:
+        classes = pred.shape[-1] - 5
+        if self.label >= classes:
+            raise ValueError(
+                f"label {self.label} is out of range for YOLO-style predictions with "
+                f"{classes} classes; use 0 to {classes - 1}"
+            )
+        d = pred.detach().float()
+        xyxy = torch.cat([d[..., :2] - d[..., 2:4] / 2, d[..., :2] + d[..., 2:4] / 2], dim=-1)
+        iou = _iou(xyxy, self._boxes(pred.shape[0], pred.device)[:, None, :])
+        ok = (d[..., 5:].argmax(-1) == self.label) & (iou >= self.iou_threshold)
+        j = torch.where(ok, iou, torch.full_like(iou, -1.0)).argmax(1)
+        rows = torch.arange(pred.shape[0], device=pred.device)
+        score = pred[rows, j, 4] * pred[rows, j, 5 + self.label]
+        matched = ok.any(1)
+        return score * matched.to(score.dtype), matched.cpu()
+
+    def bind(self, output: Any) -> BoxTarget:
+        _, matched = self._match(output)
+        bound = copy.copy(self)
+        bound.matched = matched
+        _unmatched(matched, f"no detection of label {self.label} overlaps the box enough")
+        return bound
+
+    def for_images(self, owner: Tensor) -> BoxTarget:
+        if self.box.ndim == 1:
+            return self
+        picked = copy.copy(self)
+        picked.box = self.box[owner.to(self.box.device)]
+        return picked
+
+    def __call__(self, output: Any) -> Tensor:
+        return self._match(output)[0]
+
+    def __repr__(self) -> str:
+        box, iou = self.box.tolist(), self.iou_threshold
+        return f"BoxTarget({self.label}, box={box}, iou_threshold={iou})"
+
+
+class SimilarityTarget:
+    """Cosine similarity of the model's embedding with a reference embedding.
+
+    ``y = <e, r> / (|e| |r|)`` for image retrieval, face matching or CLIP-like image
+    towers. ``reference`` is (D,) or (B, D). The embedding is the output tensor, flattened
+    after the batch dimension, or a Hugging Face output's ``image_embeds``,
+    ``pooler_output`` or ``embeddings``.
+    """
+
+    single = True
+
+    def __init__(self, reference_embedding: Any) -> None:
+        ref = _as_float_tensor(reference_embedding, "reference_embedding")
+        if ref.ndim not in (1, 2) or ref.shape[-1] == 0:
+            raise ValueError(
+                f"reference_embedding must be (D,) or (B, D), got shape {tuple(ref.shape)}"
+            )
+        if bool((ref.norm(dim=-1) == 0).any()):
+            raise ValueError("reference_embedding is all zeros; cosine similarity is undefined")
+        self.reference = ref
+
+    def __call__(self, output: Any) -> Tensor:
+        emb = _find_tensor(output, ("image_embeds", "pooler_output", "embeddings"),
+                           "an embedding").flatten(1)
+        ref = self.reference.to(emb.device, emb.dtype)
+        if ref.shape[-1] != emb.shape[1]:
+            raise ValueError(
+                f"the reference embedding has {ref.shape[-1]} values but the model's "
+                f"embedding has {emb.shape[1]}"
+            )
+        if ref.ndim == 2 and ref.shape[0] not in (1, emb.shape[0]):
+            raise ValueError(
+                f"got {ref.shape[0]} reference embeddings for a batch of {emb.shape[0]}; give "
+                "one per image or a single (D,)"
+            )
+        return F.cosine_similarity(emb, ref.expand_as(emb), dim=1, eps=1e-12)
+
+    def bind(self, output: Any) -> SimilarityTarget:
+        with torch.no_grad():
+            similarity = self(output)
+        same = similarity >= 1 - 1e-6
+        if bool(same.any()):
+            images = torch.nonzero(same).flatten().tolist()
+            warnings.warn(
+                f"image(s) {images} already match the reference exactly (cosine 1), so the "
+                "gradient is zero and their maps are all zero; compare with another image's "
+                "embedding", UserWarning, stacklevel=4,
+            )
+        return self
+
+    def for_images(self, owner: Tensor) -> SimilarityTarget:
+        if self.reference.ndim == 1 or self.reference.shape[0] == 1:
+            return self
+        picked = copy.copy(self)
+        picked.reference = self.reference[owner.to(self.reference.device)]
+        return picked
+
+    def __repr__(self) -> str:
+        return f"SimilarityTarget(<reference {tuple(self.reference.shape)}>)"
+
+
+def _ints(value: Any, name: str) -> tuple[list[int], bool]:
+    """(the ints, whether ``value`` was a single one) from an int, a sequence, a numpy array
+    or a tensor; bools and empty sequences are refused."""
+    raw = value.tolist() if hasattr(value, "tolist") else value
+    scalar = not isinstance(raw, (list, tuple, range))
+    items = [raw] if scalar else list(raw)
+    if not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+        raise ValueError(f"{name} must be an int or a non-empty sequence of ints, got {value!r}")
+    return [int(i) for i in items], scalar
+
+
+class TokenTarget:
+    """The logit of a token at a decoding step, for models returning (B, T, V) logits.
+
+    ``step`` is an int, or a sequence of steps for one map per step (B, K, H, W) from one
+    batched pass (one map per generated word). ``token`` is an int, one int per step, or
+    ``None``: the token the model predicts at that step (fixed from the explained output).
+    Negative steps count from the end. Captioning and VQA as in the Grad-CAM paper,
+    https://arxiv.org/abs/1610.02391.
+    """
+
+    def __init__(self, step: int | Sequence[int], token: int | Sequence[int] | None = None
+                 ) -> None:
+        steps, self.single = _ints(step, "step")
+        self.steps = steps
+        tokens: list[int] | None = None
+        if token is not None:
+            tokens, one = _ints(token, "token")
+            if one:
+                tokens = tokens * len(steps)
+            elif len(tokens) != len(steps):
+                raise ValueError(
+                    f"token must be an int, one int per step ({len(steps)}) or None; got "
+                    f"{token!r}"
+                )
+        self.tokens: list[int] | Tensor | None = tokens
+
+    def _logits(self, output: Any) -> Tensor:
+        logits = _find_tensor(output, ("logits",), "token logits")
+        if logits.ndim != 3:
+            raise ValueError(
+                f"TokenTarget needs (B, steps, vocabulary) logits, but the model output has "
+                f"shape {tuple(logits.shape)}"
+            )
+        t, v = logits.shape[1:]
+        bad = [s for s in self.steps if not -t <= s < t]
+        if bad:
+            raise ValueError(f"step {bad[0]} is out of range for {t} decoding steps")
+        if isinstance(self.tokens, list):
+            wrong = [k for k in self.tokens if not 0 <= k < v]
+            if wrong:
+                raise ValueError(
+                    f"token {wrong[0]} is out of range for a vocabulary of {v}; use 0 to {v - 1}"
+                )
+        return logits
+
+    def _token_ids(self, logits: Tensor) -> Tensor:
+        steps = logits[:, self.steps, :]
+        if self.tokens is None:
+            return steps.detach().argmax(-1)
+        if isinstance(self.tokens, Tensor):
+            return self.tokens.to(logits.device)
+        return torch.tensor(self.tokens, device=logits.device).expand(logits.shape[0], -1)
+
+    def bind(self, output: Any) -> TokenTarget:
+        if self.tokens is not None:
+            return self
+        bound = copy.copy(self)
+        bound.tokens = self._token_ids(self._logits(output))
+        return bound
+
+    def for_images(self, owner: Tensor) -> TokenTarget:
+        if not isinstance(self.tokens, Tensor):
+            return self
+        picked = copy.copy(self)
+        picked.tokens = self.tokens[owner.to(self.tokens.device)]
+        return picked
+
+    def __call__(self, output: Any) -> Tensor:
+        logits = self._logits(output)
+        ids = self._token_ids(logits)
+        scores = logits[:, self.steps, :].gather(2, ids.unsqueeze(-1)).squeeze(-1)
+        return scores[:, 0] if self.single else scores
+
+    def __repr__(self) -> str:
+        step = self.steps[0] if self.single else self.steps
+        tokens = self.tokens.tolist() if isinstance(self.tokens, Tensor) else self.tokens
+        return f"TokenTarget({step!r}, token={tokens!r})"
 
 
 TargetLike = int | Sequence[int] | ClassTarget | TopK | Callable[[Any], Tensor] | None

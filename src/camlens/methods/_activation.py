@@ -27,13 +27,14 @@ class CAM(Method):
     needs_classifier = True
 
     def channel_weights(self, data: LayerData) -> Tensor:
-        if isinstance(data.classifier_weight, ValueError):
-            raise data.classifier_weight
-        if data.classes is None or data.classifier_weight is None:
+        if data.classes is None:
             raise ValueError(
                 "cam needs class indices as target (None, an int, a list of ints or TopK); "
                 "for other targets use method='gradcam', which equals CAM on GAP+linear models"
             )
+        if isinstance(data.classifier_weight, ValueError):
+            raise data.classifier_weight
+        assert data.classifier_weight is not None
         weights = data.classifier_weight.to(data.activations.dtype)[data.classes]  # (B, K, C)
         return -weights if data.counterfactual else weights
 

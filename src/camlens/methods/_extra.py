@@ -23,13 +23,21 @@ def _bias(module: nn.Module) -> Tensor:
     return module.bias.detach()  # type: ignore[union-attr]
 
 
+_BIASED = {
+    3: (nn.Conv1d, nn.BatchNorm1d),
+    4: (nn.Conv2d, nn.BatchNorm2d),
+    5: (nn.Conv3d, nn.BatchNorm3d),
+}
+
+
 @register_method("fullgrad")
 class FullGrad(Method):
     """FullGrad: input-gradient x input plus every layer's bias-gradient, each normalised.
 
     ``S = psi(|dy/dx * x|) + sum_l sum_c psi(|dy/dz_l * b_l|_c)``, ``psi`` = min-max per
-    channel, then bilinear upsampling; every ``Conv2d`` and ``BatchNorm2d`` with a bias is
-    used (BatchNorm's effective bias) and ``layer`` is ignored.
+    channel, then (bi/tri)linear upsampling; every convolution and BatchNorm with a bias
+    whose output has the input's number of dimensions is used (BatchNorm's effective bias)
+    and ``layer`` is ignored.
     Srinivas & Fleuret, NeurIPS 2019, https://arxiv.org/abs/1905.00780.
     pytorch-grad-cam divides by ``max + 1e-7``; ``eps=1e-7`` reproduces it.
     """
@@ -40,13 +48,18 @@ class FullGrad(Method):
     def __init__(self, eps: float = 0.0) -> None:
         self.eps = float(eps)
 
-    def own_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    def own_layers(self, model: nn.Module, inputs: Tensor) -> list[tuple[str, nn.Module]]:
+        kinds = _BIASED.get(inputs.ndim, ())
         found = [
             (n, m) for n, m in model.named_modules()
-            if type(m) in (nn.Conv2d, nn.BatchNorm2d) and getattr(m, "bias", None) is not None
+            if type(m) in kinds and getattr(m, "bias", None) is not None
         ]
         if not found:
-            raise ValueError("fullgrad needs Conv2d or BatchNorm2d layers with a bias")
+            names = " or ".join(k.__name__ for k in kinds) or "convolution or BatchNorm"
+            raise ValueError(
+                f"fullgrad needs {names} layers with a bias for inputs of shape "
+                f"{tuple(inputs.shape)}; this model has none"
+            )
         return found
 
     def compute_layers(self, layers: list[LayerData]) -> list[Tensor]:
@@ -56,6 +69,8 @@ class FullGrad(Method):
         total = minmax((first.input_gradients * x.unsqueeze(1)).abs(), 3, self.eps).sum(2)
         for d in layers:
             assert d.gradients is not None and d.layer is not None
+            if d.spatial_ndim != len(size):  # a BatchNorm1d on pooled (B, C) features
+                continue
             bias = _bias(d.layer[1]).to(d.gradients.dtype)
             shaped = bias.view(1, 1, -1, *([1] * d.spatial_ndim))
             part = minmax((d.gradients * shaped).abs(), 3, self.eps)  # (B, K, C, *S)

@@ -263,32 +263,39 @@ class RISE(Method):
         self.n_masks, self.grid, self.p = int(n_masks), int(grid), float(p)
         self.batch_size = batch_size
 
-    def masks(self, size: tuple[int, int], seed: int, device: torch.device) -> Tensor:
-        """The N masks (N, H, W), generated on the CPU from ``seed``."""
-        h, w = size
-        if self.grid > min(h, w):
+    def masks(self, size: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
+        """The N masks (N, *size), generated on the CPU from ``seed``.
+
+        Images get a ``grid`` x ``grid`` grid; signals (L,) a grid of ``grid`` cells;
+        videos (T, H, W) ``min(grid, T)`` cells in time and ``grid`` x ``grid`` in space.
+        """
+        if self.grid > min(size[-2:]):
+            dims = " x ".join(map(str, size))
             raise ValueError(
-                f"rise grid {self.grid} x {self.grid} is larger than the {h} x {w} input; "
-                f"use grid <= {min(h, w)}"
+                f"rise grid {self.grid} x {self.grid} is larger than the {dims} input; use grid <= "
+                f"{min(size[-2:])}"
             )
+        cells_per_dim = [self.grid] * len(size)
+        if len(size) == 3:
+            cells_per_dim[0] = min(self.grid, size[0])
         g = torch.Generator(device="cpu").manual_seed(seed)
-        cell_h, cell_w = -(-h // self.grid), -(-w // self.grid)
-        up = ((self.grid + 1) * cell_h, (self.grid + 1) * cell_w)
-        cells = (torch.rand(self.n_masks, 1, self.grid, self.grid, generator=g) < self.p).float()
-        big = F.interpolate(cells, size=up, mode="bilinear", align_corners=False)[:, 0]
-        dy = torch.randint(0, cell_h, (self.n_masks,), generator=g)
-        dx = torch.randint(0, cell_w, (self.n_masks,), generator=g)
-        rows = (dy[:, None] + torch.arange(h)[None]).clamp_max(up[0] - 1)
-        cols = (dx[:, None] + torch.arange(w)[None]).clamp_max(up[1] - 1)
-        out = big[torch.arange(self.n_masks)[:, None, None], rows[:, :, None], cols[:, None, :]]
-        return out.to(device)
+        cell = [-(-n // c) for n, c in zip(size, cells_per_dim)]
+        up = tuple((c + 1) * k for c, k in zip(cells_per_dim, cell))
+        cells = (torch.rand(self.n_masks, 1, *cells_per_dim, generator=g) < self.p).float()
+        big = F.interpolate(cells, size=up, mode=_MODES[len(size)], align_corners=False)[:, 0]
+        shifts = [torch.randint(0, k, (self.n_masks,), generator=g) for k in cell]
+        index: list[Tensor] = [torch.arange(self.n_masks).view(-1, *([1] * len(size)))]
+        for d, (n, shift) in enumerate(zip(size, shifts)):
+            pos = (shift[:, None] + torch.arange(n)[None]).clamp_max(up[d] - 1)
+            shape = [self.n_masks] + [1] * len(size)
+            shape[d + 1] = n
+            index.append(pos.view(shape))
+        return big[tuple(index)].to(device)
 
     def compute(self, data: LayerData) -> Tensor:
         assert data.scorer is not None and data.inputs is not None
         x = data.inputs
-        if x.ndim != 4:
-            raise ValueError("rise needs image inputs (B, C, H, W)")
-        masks = self.masks((x.shape[2], x.shape[3]), data.seed, x.device)  # (N, H, W)
+        masks = self.masks(tuple(x.shape[2:]), data.seed, x.device)  # (N, *S)
         scorer = data.scorer
         scorer.batch_size = self.batch_size
         b, n = x.shape[0], self.n_masks
@@ -300,7 +307,7 @@ class RISE(Method):
 
         scores = scorer.scores(make, owners, softmax=True)  # probabilities, as in the paper
         scores = scores.view(b, n, -1)  # (B, N, K)
-        sal = torch.einsum("bnk,nhw->bkhw", scores, masks.float())
+        sal = torch.einsum("bnk,n...->bk...", scores, masks.float())
         sal = sal / (n * self.p)
         return -sal if data.counterfactual else sal
 

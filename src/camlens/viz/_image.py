@@ -167,14 +167,26 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: os.umask is process-wide, the CLI writes from threads
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write bytes to ``path`` through a temporary file in the same folder and a rename."""
+    """Write bytes to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the usual permissions (0666 minus the umask), not mkstemp's 0600."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
