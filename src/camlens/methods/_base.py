@@ -131,7 +131,8 @@ def first_principal_projection(x: Tensor, center: bool = False) -> Tensor:
     The matrix of a slice is (P, C): one row per spatial position. Its first right singular
     vector ``v1`` gives the projection ``X v1`` (N, *S), computed by one batched SVD. The
     SVD's sign is arbitrary; it is fixed so that the projection correlates positively with
-    the channel sum ``X 1`` (so the map points at evidence, not at its absence).
+    the channel sum ``X 1`` (so the map points at evidence, not at its absence); where
+    that sum is ~0 (token layers after a LayerNorm), its largest-magnitude value is positive.
     """
     n, c = x.shape[:2]
     rows = x.reshape(n, c, -1).transpose(1, 2)  # (N, P, C)
@@ -146,5 +147,10 @@ def first_principal_projection(x: Tensor, center: bool = False) -> Tensor:
     if center:
         reference = reference - reference.mean(dim=1, keepdim=True)
     agreement = (proj * reference).sum(dim=1)
+    # After a LayerNorm the channel sum is ~0 and says nothing: then the projection's
+    # largest-magnitude value is made positive instead.
+    weak = (agreement == 0) | (reference.norm(dim=1) <= 1e-4 * rows.flatten(1).norm(dim=1))
+    peak = proj.gather(1, proj.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    agreement = torch.where(weak, peak, agreement)
     sign = torch.where(agreement < 0, -1.0, 1.0).to(proj.dtype)
     return (proj * sign[:, None]).view(n, *x.shape[2:])
