@@ -178,16 +178,23 @@ def part_localisation(args: argparse.Namespace, methods: list[str]) -> None:
         hit = float(metrics.pointing_game(maps, boxes, tolerance=TOLERANCE).float().mean() * 100)
         energy = float(metrics.energy_pointing_game(maps, boxes).mean() * 100)
         loc = metrics.localization_error(maps, p, y, boxes, threshold=0.2)
-        rows.append((name, n, hit, energy, loc, sec))
+        # faithfulness on the same canvases (cheap on a 64 px model): the true class
+        step = CANVAS * CANVAS // args.steps
+        dele = float(metrics.deletion(model, x, maps, y, step=step).mean())
+        ins = float(metrics.insertion(model, x, maps, y, step=step).mean())
+        cc = metrics.confidence_change(model, x, maps, y)
+        rows.append((name, n, hit, energy, loc, dele, ins, cc.average_drop, cc.increase, sec))
     print("| method | images | pointing game hit % ↑ | energy pointing game % ↑ | "
-          "localisation error % ↓ | maps s |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "localisation error % ↓ | deletion AUC ↓ | insertion AUC ↑ | average drop % ↓ | "
+          "increase % ↑ | maps s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         if isinstance(row[2], str):
-            print(f"| {row[0]} | {row[1]} | {row[2]} | | | |")
+            print(f"| {row[0]} | {row[1]} | {row[2]} | | | | | | | |")
         else:
-            name, n, hit, energy, loc, sec = row
-            print(f"| {name} | {n} | {hit:.1f} | {energy:.1f} | {loc:.1f} | {sec:.1f} |")
+            name, n, hit, energy, loc, dele, ins, drop, inc, sec = row
+            print(f"| {name} | {n} | {hit:.1f} | {energy:.1f} | {loc:.1f} | {dele:.3f} | "
+                  f"{ins:.3f} | {drop:.1f} | {inc:.1f} | {sec:.1f} |")
     wrong = float((pred[:n_eval] != y_te[:n_eval]).float().mean() * 100)
     print(f"\nFloor of the localisation error (misclassified canvases among the first "
           f"{n_eval}): {wrong:.1f} %.", flush=True)
