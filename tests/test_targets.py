@@ -245,3 +245,37 @@ def test_segmentation_gradcam_equals_the_hand_computation(segmenter):
     got = camlens.explain(segmenter, x, method="gradcam", layer="body.3",
                           target=SegmentationTarget(c))
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_aug_smooth_refuses_pixel_tied_targets(segmenter):
+    x = torch.rand(1, 3, 16, 16)
+    explainer = camlens.Explainer(segmenter, "gradcam", layer="body.2", aug_smooth=True)
+    with pytest.raises(ValueError, match="use noise_smooth"):
+        explainer(x, target=SegmentationTarget(0, mask=torch.ones(16, 16)))
+    with pytest.raises(ValueError, match="use noise_smooth"):
+        explainer(x, target=BoxTarget(1, [0, 0, 8, 8]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the default region follows the flipped image
+        maps = explainer(x, target=SegmentationTarget(0))
+    assert maps.shape == (1, 16, 16) and bool(torch.isfinite(maps).all())
+
+
+def test_video_gradcam_equals_the_hand_computation():
+    """Grad-CAM on a Conv3d layer: weights = gradients averaged over (T, H, W), ReLU of the
+    weighted sum, upsampled trilinearly to the clip, one map per frame."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv3d(3, 6, 3, stride=(1, 2, 2), padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+    clip = torch.rand(2, 3, 4, 12, 12)
+    feats = model[1](model[0](clip)).detach().requires_grad_(True)
+    logits = model[4](model[3](model[2](feats)))
+    top = logits.argmax(1)
+    logits.gather(1, top[:, None]).sum().backward()
+    weights = feats.grad.mean((2, 3, 4), keepdim=True)
+    cam = torch.relu((weights * feats).sum(1, keepdim=True))
+    expected = F.interpolate(cam, size=(4, 12, 12), mode="trilinear")[:, 0].detach()
+    lo = expected.flatten(1).amin(1).view(-1, 1, 1, 1)
+    hi = expected.flatten(1).amax(1).view(-1, 1, 1, 1)
+    got = camlens.explain(model, clip, method="gradcam", layer="1")
+    assert got.shape == (2, 4, 12, 12)
+    assert torch.allclose(got, (expected - lo) / (hi - lo), atol=1e-5)

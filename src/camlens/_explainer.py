@@ -113,6 +113,11 @@ class Explainer:
                 "are not (B, C, H, W). Use noise_smooth instead"
             )
         goal = as_target(target)
+        if self.aug_smooth and getattr(goal, "in_pixels", False):
+            raise ValueError(
+                f"aug_smooth flips and rescales the images, which would move the {goal!r}'s "
+                "box or mask away from the object; use noise_smooth instead"
+            )
         result = self._pass(inputs, goal, counterfactual, self.seed)
         self.layer_names = result.layer_names
         self.last_output = _detach(result.output)

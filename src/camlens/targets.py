@@ -211,6 +211,11 @@ class SegmentationTarget:
         self.matched: Tensor | None = None
         self._batched = False
 
+    @property
+    def in_pixels(self) -> bool:
+        """A user mask is tied to pixel positions (the default region follows the image)."""
+        return self.mask is not None and not self._batched
+
     def _logits(self, output: Any) -> Tensor:
         logits = _find_tensor(output, ("logits", "out"), "segmentation scores")
         if logits.ndim < 3:
@@ -297,6 +302,7 @@ class BoxTarget:
     """
 
     single = True
+    in_pixels = True  # the box is tied to pixel positions
 
     def __init__(self, label: int, box: Any, iou_threshold: float = 0.5) -> None:
         if isinstance(label, bool) or not isinstance(label, int) or label < 0:
