@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := PIP_FIND_LINKS= PIP_CONFIG_FILE=/dev/null $(PY) -m pip
 TORCH := torch==2.13.0 torchvision==0.28.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench examples clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) bench/bench_gradcam.py
+
+# Regenerate the pictures under docs/images from the task examples (a few minutes on CPU).
+examples: $(VENV)/.test
+	for e in detection segmentation embedding video vision_transformer signal_1d captioning; do \
+		$(PY) examples/$$e.py --out docs/images || exit 1; done
 
 clean:
 	rm -rf $(VENV) camlens-demo build src/*.egg-info

@@ -79,10 +79,10 @@ def photo_224() -> tuple[np.ndarray, torch.Tensor]:
     return crop, (img - MEAN) / STD
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/images", help="folder for the picture")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     crop, x = photo_224()
     rows = []
     for name, layers in LAYERS.items():

@@ -346,3 +346,25 @@ def test_from_channels_first_inverts_to_channels_first():
     back = from_channels_first(edited, tokens_, size)
     assert back.shape == (3, 25, 8) and torch.equal(back[:, 0], tokens_[:, 0].expand(3, -1))
     assert (back[1, 1:, 5] == 0).all() and torch.equal(back[2], tokens_[0])
+
+
+def test_vision_transformer_example_writes_its_picture(tmp_path, capsys):
+    """examples/vision_transformer.py: auto's layer carries a map, the last block's output
+    of a class-token ViT does not (its patch tokens never reach the head)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "vision_transformer.py"
+    spec = importlib.util.spec_from_file_location("_example_vision_transformer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--out", str(tmp_path)])
+    assert (tmp_path / "transformers_layers.png").stat().st_size > 10_000
+    peaks = {}
+    for line in capsys.readouterr().out.splitlines():
+        if "map max" in line:
+            words = line.split()
+            peaks[(words[0], words[1])] = float(words[-1])
+    assert peaks[("ViT-B/16", "encoder.layers.encoder_layer_11.ln_1")] > 0
+    assert peaks[("ViT-B/16", "encoder.layers.encoder_layer_11")] == 0.0
+    assert peaks[("Swin-T", "features.7.1.norm1")] > 0
