@@ -279,3 +279,67 @@ def test_video_gradcam_equals_the_hand_computation():
     got = camlens.explain(model, clip, method="gradcam", layer="1")
     assert got.shape == (2, 4, 12, 12)
     assert torch.allclose(got, (expected - lo) / (hi - lo), atol=1e-5)
+
+
+def test_box_target_on_detr_predictions():
+    """DETR-style outputs: class probabilities from a softmax over classes + "no object",
+    boxes (cx, cy, w, h) relative to the image; the pixel box is scaled by image_size."""
+    logits = torch.tensor([[[4.0, 0.0, 0.0],    # query 0: class 0
+                            [0.0, 3.0, 0.0],    # query 1: class 1, box IoU 0.64
+                            [0.0, 2.0, 0.0]]],  # query 2: class 1, box IoU 1: chosen
+                          requires_grad=True)
+    pred_boxes = torch.tensor([[[0.25, 0.25, 0.5, 0.5],
+                                [0.20, 0.20, 0.4, 0.4],
+                                [0.25, 0.25, 0.5, 0.5]]])
+    output = HFLike(logits=logits, pred_boxes=pred_boxes)
+    probs = torch.softmax(logits.detach(), -1)
+    target = BoxTarget(1, [0, 0, 50, 100], image_size=(200, 100))  # (0, 0, .5, .5) relative
+    got = target(output)
+    assert torch.allclose(got, probs[0, 2, 1].view(1))
+    got.sum().backward()
+    assert logits.grad[0, :2].abs().sum() == 0 and logits.grad[0, 2].abs().sum() > 0
+    relative = BoxTarget(0, [0.0, 0.0, 0.5, 0.5])  # already relative: no image_size needed
+    assert torch.allclose(relative({"logits": logits, "pred_boxes": pred_boxes}),
+                          probs[0, 0, 0].view(1))
+    with pytest.raises(ValueError, match="pass image_size"):
+        BoxTarget(1, [0, 0, 50, 100])(output)
+    with pytest.raises(ValueError, match="out of range for a DETR-style output with 2"):
+        BoxTarget(2, [0, 0, 0.5, 0.5])(output)
+    with pytest.warns(UserWarning, match="no detection of label 1"):
+        bound = bind_target(BoxTarget(1, [0.6, 0.6, 0.9, 0.9]), output)
+    assert bound.matched.tolist() == [False]
+
+
+class TinyDETR(nn.Module):
+    """Queries attend over a conv feature map; each gives class logits (+ "no object") and
+    a relative box, returned as a dict like Hugging Face's DetrObjectDetectionOutput."""
+
+    def __init__(self, queries: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.queries = nn.Parameter(torch.randn(queries, 8))
+        self.cls = nn.Linear(8, classes + 1)
+        self.box = nn.Linear(8, 4)
+
+    def forward(self, x):
+        feats = self.backbone(x).flatten(2).transpose(1, 2)  # (B, HW, 8)
+        attn = torch.softmax(feats @ self.queries.t(), dim=1)  # (B, HW, Q)
+        q = attn.transpose(1, 2) @ feats  # (B, Q, 8)
+        return {"logits": self.cls(q), "pred_boxes": torch.sigmoid(self.box(q))}
+
+
+def test_detr_style_model_end_to_end():
+    torch.manual_seed(8)
+    model = TinyDETR().eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model(x)
+    label = int(out["logits"][0, 0, :-1].argmax())
+    cx, cy, w, h = out["pred_boxes"][0, 0].tolist()
+    box = [(cx - w / 2) * 16, (cy - h / 2) * 16, (cx + w / 2) * 16, (cy + h / 2) * 16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # image 1 may have no match: its map is all zero
+        maps = camlens.explain(model, x, method="gradcam", layer="backbone",
+                               target=BoxTarget(label, box, image_size=(16, 16)))
+    assert maps.shape == (2, 16, 16) and bool(torch.isfinite(maps).all())
+    assert float(maps[0].max()) == 1.0

@@ -283,6 +283,16 @@ def _iou(boxes: Tensor, box: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
 
 
+def _detr_parts(output: Any) -> tuple[Tensor, Tensor] | None:
+    """(logits, pred_boxes) of a DETR-style output (Hugging Face DETR, Conditional/
+    Deformable DETR, YOLOS, RT-DETR), or None."""
+    get = output.get if isinstance(output, Mapping) else lambda k: getattr(output, k, None)
+    logits, boxes = get("logits"), get("pred_boxes")
+    if isinstance(logits, Tensor) and isinstance(boxes, Tensor) and logits.ndim == 3:
+        return logits, boxes
+    return None
+
+
 class BoxTarget:
     """The score of the detection of ``label`` that overlaps ``box`` (x1, y1, x2, y2) most.
 
@@ -295,7 +305,11 @@ class BoxTarget:
       Faster R-CNN, RetinaNet, FCOS, SSD, in eval mode);
     - raw YOLO-style predictions (B, N, 5 + classes) = (cx, cy, w, h, objectness, class
       scores), alone or first in a tuple: a detection's label is its best class and its
-      score is objectness x class score.
+      score is objectness x class score;
+    - DETR-style set predictions with ``logits`` (B, Q, classes + 1, the last "no
+      object") and ``pred_boxes`` (B, Q, 4) relative to the image (Hugging Face DETR,
+      YOLOS, RT-DETR): the score is the label's softmax probability; give
+      ``image_size=(H, W)`` to compare a pixel box with them.
 
     Detections are matched again on every perturbed copy (perturbation methods), as the
     detector's own post-processing would.
@@ -304,7 +318,8 @@ class BoxTarget:
     single = True
     in_pixels = True  # the box is tied to pixel positions
 
-    def __init__(self, label: int, box: Any, iou_threshold: float = 0.5) -> None:
+    def __init__(self, label: int, box: Any, iou_threshold: float = 0.5,
+                 image_size: tuple[int, int] | None = None) -> None:
         if isinstance(label, bool) or not isinstance(label, int) or label < 0:
             raise ValueError(f"label must be an int >= 0, got {label!r}")
         b = _as_float_tensor(box, "box")
@@ -316,7 +331,11 @@ class BoxTarget:
             raise ValueError(f"box needs x2 > x1 and y2 > y1 (x1, y1, x2, y2), got {b.tolist()}")
         if not 0 < iou_threshold <= 1:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if image_size is not None and (len(image_size) != 2 or min(image_size) <= 0):
+            raise ValueError(f"image_size must be (height, width), got {image_size!r}")
         self.label, self.box, self.iou_threshold = label, b, float(iou_threshold)
+        self.image_size = None if image_size is None else (int(image_size[0]),
+                                                           int(image_size[1]))
         self.matched: Tensor | None = None
 
     def _boxes(self, batch: int, device: torch.device) -> Tensor:
@@ -336,12 +355,16 @@ class BoxTarget:
             isinstance(o, Mapping) for o in output
         ):
             return self._match_dicts(output)
+        detr = _detr_parts(output)
+        if detr is not None:
+            return self._match_detr(*detr)
         pred = _find_tensor(output, ("pred", "predictions"), "detections")
         if pred.ndim != 3 or pred.shape[-1] < 6:
             raise ValueError(
                 "BoxTarget understands a list of dicts with 'boxes', 'labels' and 'scores' "
-                "(torchvision detectors) or YOLO-style (B, N, 5 + classes) predictions; got "
-                f"a tensor of shape {tuple(pred.shape)}. Pass target=callable(output) instead"
+                "(torchvision detectors), YOLO-style (B, N, 5 + classes) predictions and "
+                "DETR-style 'logits' + 'pred_boxes'; got a tensor of shape "
+                f"{tuple(pred.shape)}. Pass target=callable(output) instead"
             )
         return self._match_yolo(pred)
 
@@ -364,6 +387,35 @@ class BoxTarget:
                 scores.append(det["scores"].sum() * 0.0)
             matched.append(bool(ok.any()))
         return torch.stack(scores), torch.tensor(matched)
+
+    def _match_detr(self, logits: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """DETR-style set predictions: ``logits`` (B, Q, classes + 1), the last column "no
+        object", and ``pred_boxes`` (B, Q, 4) as (cx, cy, w, h) relative to the image."""
+        classes = logits.shape[-1] - 1
+        if self.label >= classes:
+            raise ValueError(
+                f"label {self.label} is out of range for a DETR-style output with {classes} "
+                f"classes; use 0 to {classes - 1}"
+            )
+        box = self._boxes(logits.shape[0], logits.device)
+        if self.image_size is not None:
+            h, w = self.image_size
+            box = box / torch.tensor([w, h, w, h], dtype=box.dtype, device=box.device)
+        elif bool((box > 1.5).any()):
+            raise ValueError(
+                "DETR-style models predict boxes relative to the image (0 to 1); pass "
+                "image_size=(height, width) so that the pixel box can be compared with them"
+            )
+        probs = torch.softmax(logits, dim=-1)[..., :-1]  # (B, Q, classes)
+        d = boxes.detach().float()
+        xyxy = torch.cat([d[..., :2] - d[..., 2:4] / 2, d[..., :2] + d[..., 2:4] / 2], dim=-1)
+        iou = _iou(xyxy, box[:, None, :].float())
+        ok = (probs.detach().argmax(-1) == self.label) & (iou >= self.iou_threshold)
+        j = torch.where(ok, iou, torch.full_like(iou, -1.0)).argmax(1)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        score = probs[rows, j, self.label]
+        matched = ok.any(1)
+        return score * matched.to(score.dtype), matched.cpu()
 
     def _match_yolo(self, pred: Tensor) -> tuple[Tensor, Tensor]:
         classes = pred.shape[-1] - 5
