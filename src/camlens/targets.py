@@ -407,14 +407,8 @@ class BoxTarget:
                 "image_size=(height, width) so that the pixel box can be compared with them"
             )
         probs = torch.softmax(logits, dim=-1)[..., :-1]  # (B, Q, classes)
-        d = boxes.detach().float()
-        xyxy = torch.cat([d[..., :2] - d[..., 2:4] / 2, d[..., :2] + d[..., 2:4] / 2], dim=-1)
-        iou = _iou(xyxy, box[:, None, :].float())
-        ok = (probs.detach().argmax(-1) == self.label) & (iou >= self.iou_threshold)
-        j = torch.where(ok, iou, torch.full_like(iou, -1.0)).argmax(1)
-        rows = torch.arange(logits.shape[0], device=logits.device)
+        rows, j, matched = self._best(boxes, probs, box)
         score = probs[rows, j, self.label]
-        matched = ok.any(1)
         return score * matched.to(score.dtype), matched.cpu()
 
     def _match_yolo(self, pred: Tensor) -> tuple[Tensor, Tensor]:
@@ -424,15 +418,21 @@ class BoxTarget:
                 f"label {self.label} is out of range for YOLO-style predictions with "
                 f"{classes} classes; use 0 to {classes - 1}"
             )
-        d = pred.detach().float()
-        xyxy = torch.cat([d[..., :2] - d[..., 2:4] / 2, d[..., :2] + d[..., 2:4] / 2], dim=-1)
-        iou = _iou(xyxy, self._boxes(pred.shape[0], pred.device)[:, None, :])
-        ok = (d[..., 5:].argmax(-1) == self.label) & (iou >= self.iou_threshold)
-        j = torch.where(ok, iou, torch.full_like(iou, -1.0)).argmax(1)
-        rows = torch.arange(pred.shape[0], device=pred.device)
+        box = self._boxes(pred.shape[0], pred.device)
+        rows, j, matched = self._best(pred[..., :4], pred[..., 5:], box)
         score = pred[rows, j, 4] * pred[rows, j, 5 + self.label]
-        matched = ok.any(1)
         return score * matched.to(score.dtype), matched.cpu()
+
+    def _best(self, cxcywh: Tensor, class_scores: Tensor, box: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, index of the chosen prediction per image, matched) among predictions
+        (B, N) whose best class is the label and whose IoU with the box is high enough."""
+        d = cxcywh.detach().float()
+        xyxy = torch.cat([d[..., :2] - d[..., 2:4] / 2, d[..., :2] + d[..., 2:4] / 2], dim=-1)
+        iou = _iou(xyxy, box[:, None, :].float())
+        ok = (class_scores.detach().argmax(-1) == self.label) & (iou >= self.iou_threshold)
+        j = torch.where(ok, iou, torch.full_like(iou, -1.0)).argmax(1)
+        return torch.arange(d.shape[0], device=d.device), j, ok.any(1)
 
     def bind(self, output: Any) -> BoxTarget:
         _, matched = self._match(output)
