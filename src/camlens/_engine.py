@@ -105,15 +105,13 @@ def run_pass(
         matched = getattr(target, "matched", None)
         with torch.enable_grad():
             classes, scores, single = _scores(target, output, inputs.shape[0])
-            if matched is not None and not bool(matched.any()) and not scores.requires_grad:
-                # nothing matched anywhere: zero gradients (all-zero maps), not an error
-                scores = scores + 0.0 * sum(s.sum() for s in srcs)
             if transforms:
                 scores = transforms[0].transform_scores(output, classes)
             wrt = srcs + ([x] if need_input_grads else [])
             names = [n for n, _ in layers] + (["input"] if need_input_grads else [])
             grads = (
-                _gradients(scores, wrt, names, create_graph=need_hessian, unused_ok=bool(own))
+                _gradients(scores, wrt, names, create_graph=need_hessian, unused_ok=bool(own),
+                           unmatched=_nothing_matched(target))
                 if need_grads and wrt else None
             )
             hvps = _hessian_products(grads[: len(srcs)], srcs) if need_hessian and grads else None
@@ -203,9 +201,8 @@ def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: 
             target = bind_target(target, output)
             matched = getattr(target, "matched", None)
             classes, scores, single = _scores(target, output, inputs.shape[0])
-            if matched is not None and not bool(matched.any()) and not scores.requires_grad:
-                scores = scores + 0.0 * x.sum()
-            (g,) = _gradients(-scores if counterfactual else scores, [x], ["input"])
+            (g,) = _gradients(-scores if counterfactual else scores, [x], ["input"],
+                              unmatched=_nothing_matched(target))
     data = LayerData(activations=inputs, gradients=None, num_targets=scores.shape[1],
                      classes=classes, counterfactual=counterfactual, inputs=inputs,
                      input_gradients=g.detach(), layer=("input", model), seed=seed)
@@ -234,7 +231,8 @@ def _guided_gradients(model: nn.Module, inputs: Tensor, target: Any,
             scores = target.scores(output, classes)
         else:
             _, scores, _ = _scores(target, output, inputs.shape[0])
-        (g,) = _gradients(-scores if counterfactual else scores, [x], ["input"])
+        (g,) = _gradients(-scores if counterfactual else scores, [x], ["input"],
+                          unmatched=_nothing_matched(target))
     return g.detach()
 
 
@@ -255,7 +253,8 @@ def _noisy_gradients(
                 scores = target.scores(output, classes)
             else:
                 _, scores, _ = _scores(target, output, inputs.shape[0])
-            grads = _gradients(scores, capture.outputs, [n for n, _ in layers])  # type: ignore[arg-type]
+            grads = _gradients(scores, capture.outputs, [n for n, _ in layers],  # type: ignore[arg-type]
+                               unmatched=_nothing_matched(target))
         per_sample.append([gr.detach() for gr in grads])
     return [torch.stack([s[i] for s in per_sample]) for i in range(len(layers))]
 
@@ -314,20 +313,30 @@ def _scores(target: Any, output: Any, batch: int) -> tuple[Tensor | None, Tensor
     return classes, scores, single
 
 
+def _nothing_matched(target: Any) -> bool:
+    """Whether a bound target found nothing to explain in any image (see ``matched``)."""
+    matched = getattr(target, "matched", None)
+    return matched is not None and not bool(matched.any())
+
+
 def _gradients(
     scores: Tensor, srcs: list[Tensor], names: list[str], create_graph: bool = False,
-    unused_ok: bool = False,
+    unused_ok: bool = False, unmatched: bool = False,
 ) -> list[Tensor]:
     """d scores / d srcs as (B, K, *layer_shape) per layer, in one batched VJP.
 
     ``unused_ok``: a layer off the path to the score (FullGrad's every-layer sweep meets
-    a detector's proposal branch) gets zero gradients instead of an error."""
+    a detector's proposal branch) gets zero gradients instead of an error. ``unmatched``:
+    the target matched nothing in any image, so constant scores give zero gradients (and
+    all-zero maps) instead of an error."""
+    b, k = scores.shape
+    if not scores.requires_grad and unmatched:
+        return [s.new_zeros(b, k, *s.shape[1:]) for s in srcs]
     if not scores.requires_grad:
         raise ValueError(
             "the target scores do not depend on the chosen layer(s); a target callable must "
             "compute from the model output without .detach() or .item()"
         )
-    b, k = scores.shape
     if k == 1:
         grads = torch.autograd.grad(scores.sum(), srcs, allow_unused=True,
                                     create_graph=create_graph)

@@ -178,11 +178,19 @@ def _unmatched(matched: Tensor, what: str) -> None:
         )
 
 
+def _rows(target: Any, name: str, owner: Tensor) -> Any:
+    """A copy of ``target`` whose per-image tensor attribute ``name`` is taken at the
+    images ``owner`` (the scorer's perturbed copies: one owner image per row)."""
+    picked = copy.copy(target)
+    value = getattr(target, name)
+    setattr(picked, name, value[owner.to(value.device)])
+    return picked
+
+
 def _as_float_tensor(value: Any, name: str) -> Tensor:
     t = torch.as_tensor(value)
-    if t.is_complex() or t.dtype == torch.bool:
+    if not t.is_floating_point():  # ints, bools
         t = t.float()
-    t = t.float() if not t.is_floating_point() else t
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return t
@@ -258,9 +266,7 @@ class SegmentationTarget:
     def for_images(self, owner: Tensor) -> SegmentationTarget:
         if not self._batched or self.mask is None:
             return self
-        picked = copy.copy(self)
-        picked.mask = self.mask[owner.to(self.mask.device)]
-        return picked
+        return _rows(self, "mask", owner)
 
     def __call__(self, output: Any) -> Tensor:
         logits = self._logits(output)
@@ -442,11 +448,7 @@ class BoxTarget:
         return bound
 
     def for_images(self, owner: Tensor) -> BoxTarget:
-        if self.box.ndim == 1:
-            return self
-        picked = copy.copy(self)
-        picked.box = self.box[owner.to(self.box.device)]
-        return picked
+        return self if self.box.ndim == 1 else _rows(self, "box", owner)
 
     def __call__(self, output: Any) -> Tensor:
         return self._match(output)[0]
@@ -509,9 +511,7 @@ class SimilarityTarget:
     def for_images(self, owner: Tensor) -> SimilarityTarget:
         if self.reference.ndim == 1 or self.reference.shape[0] == 1:
             return self
-        picked = copy.copy(self)
-        picked.reference = self.reference[owner.to(self.reference.device)]
-        return picked
+        return _rows(self, "reference", owner)
 
     def __repr__(self) -> str:
         return f"SimilarityTarget(<reference {tuple(self.reference.shape)}>)"
@@ -573,32 +573,27 @@ class TokenTarget:
                 )
         return logits
 
-    def _token_ids(self, logits: Tensor) -> Tensor:
-        steps = logits[:, self.steps, :]
+    def _token_ids(self, steps: Tensor) -> Tensor:
+        """The explained token per image and step (B, K) for the step logits (B, K, V)."""
         if self.tokens is None:
             return steps.detach().argmax(-1)
         if isinstance(self.tokens, Tensor):
-            return self.tokens.to(logits.device)
-        return torch.tensor(self.tokens, device=logits.device).expand(logits.shape[0], -1)
+            return self.tokens.to(steps.device)
+        return torch.tensor(self.tokens, device=steps.device).expand(steps.shape[0], -1)
 
     def bind(self, output: Any) -> TokenTarget:
         if self.tokens is not None:
             return self
         bound = copy.copy(self)
-        bound.tokens = self._token_ids(self._logits(output))
+        bound.tokens = self._token_ids(self._logits(output)[:, self.steps, :])
         return bound
 
     def for_images(self, owner: Tensor) -> TokenTarget:
-        if not isinstance(self.tokens, Tensor):
-            return self
-        picked = copy.copy(self)
-        picked.tokens = self.tokens[owner.to(self.tokens.device)]
-        return picked
+        return _rows(self, "tokens", owner) if isinstance(self.tokens, Tensor) else self
 
     def __call__(self, output: Any) -> Tensor:
-        logits = self._logits(output)
-        ids = self._token_ids(logits)
-        scores = logits[:, self.steps, :].gather(2, ids.unsqueeze(-1)).squeeze(-1)
+        steps = self._logits(output)[:, self.steps, :]  # (B, K, V)
+        scores = steps.gather(2, self._token_ids(steps).unsqueeze(-1)).squeeze(-1)
         return scores[:, 0] if self.single else scores
 
     def __repr__(self) -> str:
