@@ -5,7 +5,9 @@ decode each JPEG, preprocess (the same EfficientNet-Lite0 preprocessing), run th
 pretrained model in batches, compute Grad-CAM at the same layer, overlay the map on the
 region the model saw, and write the overlay PNG. camlens additionally writes a comparison
 grid, the raw map (.npy), a box and the summary.json; the reference script writes only
-the overlay, with pytorch-grad-cam's ``GradCAM`` and ``show_cam_on_image`` and OpenCV.
+the overlay, with pytorch-grad-cam's ``GradCAM`` and ``show_cam_on_image`` and OpenCV, on
+the model as its package gives it (contiguous layout; camlens runs the bundled model
+channels-last, and a third row shows camlens with the contiguous model).
 
 Run: ``.venv/bin/python bench/bench_cli.py`` (``--quick`` for a smoke run).
 """
@@ -13,6 +15,7 @@ Run: ``.venv/bin/python bench/bench_cli.py`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import statistics
@@ -30,6 +33,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from skimage import data
 
 import camlens
+from camlens.cli import _common as cli_common
 from camlens.cli import main as camlens_main
 
 LAYER = "_bn1"  # a layer called once: pytorch-grad-cam cannot target the shared _swish module
@@ -54,9 +58,23 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def run_camlens(photos: Path, out: Path, batch: int) -> None:
-    code = camlens_main(["explain", str(photos), "--out", str(out), "--method", "gradcam",
-                         "--layer", LAYER, "--batch-size", str(batch), "--progress", "never"])
+def run_camlens(photos: Path, out: Path, batch: int, contiguous: bool = False) -> None:
+    """``camlens explain``; ``contiguous=True`` runs the bundled model in the default
+    contiguous layout instead of channels-last, to measure what the layout gives."""
+    original = cli_common.load_model
+
+    def contiguous_model(*args, **kwargs):
+        model, preprocess, labels = original(*args, **kwargs)
+        return model.to(memory_format=torch.contiguous_format), preprocess, labels
+
+    if contiguous:
+        cli_common.load_model = contiguous_model
+    try:
+        code = camlens_main(["explain", str(photos), "--out", str(out), "--method", "gradcam",
+                             "--layer", LAYER, "--batch-size", str(batch), "--progress",
+                             "never"])
+    finally:
+        cli_common.load_model = original
     assert code == 0
 
 
@@ -95,8 +113,12 @@ def main() -> None:
         photos.mkdir()
         paths = make_photos(photos, args.images)
         model, preprocess, _ = camlens.load_model()
+        # the script's user loads the model as the package gives it: contiguous
+        model = model.to(memory_format=torch.contiguous_format)
         cam = GradCAM(model=model, target_layers=[model.get_submodule(LAYER)])
-        times: dict[str, list[float]] = {"camlens explain": [], "pytorch-grad-cam script": []}
+        times: dict[str, list[float]] = {"camlens explain": [],
+                                         "camlens explain, contiguous model": [],
+                                         "pytorch-grad-cam script": []}
         run_camlens(photos, work / "warm", args.batch_size)  # warm-up both
         run_reference(paths[: args.batch_size], work / "warm-ref", args.batch_size, model,
                       preprocess, cam)
@@ -105,9 +127,13 @@ def main() -> None:
             run_camlens(photos, work / f"c{r}", args.batch_size)
             times["camlens explain"].append(time.perf_counter() - t)
             t = time.perf_counter()
+            run_camlens(photos, work / f"k{r}", args.batch_size, contiguous=True)
+            times["camlens explain, contiguous model"].append(time.perf_counter() - t)
+            t = time.perf_counter()
             run_reference(paths, work / f"g{r}", args.batch_size, model, preprocess, cam)
             times["pytorch-grad-cam script"].append(time.perf_counter() - t)
-        print(f"torch {torch.__version__}, {args.threads} threads, {platform.machine()} "
+        print(f"load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
+              f"{args.threads} threads, {platform.machine()} "
               f"{platform.processor() or ''}, {args.images} JPEG photos, batch {args.batch_size}, "
               f"EfficientNet-Lite0, Grad-CAM at {LAYER}, median of {args.repeats} runs\n")
         base = statistics.median(times["camlens explain"])

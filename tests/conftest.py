@@ -7,6 +7,15 @@ import pytest
 import torch
 from torch import nn
 
+# Smaller settings for the slow perturbation and noise methods, so that the matrices over
+# the registry stay quick.
+FAST = {
+    "rise": {"n_masks": 40, "grid": 4},
+    "sscam": {"num_samples": 2},
+    "iscam": {"num_samples": 2},
+    "smoothgradcam++": {"num_samples": 2},
+}
+
 
 class TinyNet(nn.Module):
     """conv-bn-relu(inplace) x2 -> GAP -> linear: a CAM-style classifier of 5 classes."""

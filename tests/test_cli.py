@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,15 @@ from PIL import Image
 from skimage import data
 
 import camlens
-from camlens.cli import _output_names
+from camlens.cli._common import output_names as _output_names
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    # passive OpenMP waits: two threads spinning for each other on a busy 2-core machine
+    # can run 10-90x slower
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     return subprocess.run([sys.executable, "-m", "camlens", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+                          text=True, cwd=cwd, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +118,11 @@ def test_target_by_name_top5_and_counterfactual(photos, tmp_path):
               str(tmp_path / "b"), "--colormap", "viridis")
     assert res.returncode == 0, res.stderr
     assert np.load(tmp_path / "b" / "chelsea_gradcam.npy").shape == (3, 224, 224)
-    assert len(list((tmp_path / "b").glob("chelsea_grid_top*.png"))) == 3
+    # one grid with a row per class, not one grid per class
+    assert not list((tmp_path / "b").glob("chelsea_grid_top*.png"))
+    single = Image.open(tmp_path / "a" / "chelsea_grid.png")
+    rows = Image.open(tmp_path / "b" / "chelsea_grid.png")
+    assert rows.width == single.width and rows.height > 3 * 256  # three rows of panels
 
 
 def test_methods_models_and_demo(tmp_path):
@@ -160,3 +168,180 @@ def test_evaluate_table_csv_json_and_annotations(photos, tmp_path):
     assert res.returncode == 2 and "--annotations" in res.stderr
     res = run("evaluate", str(photos), "--metric", "deletionn", "--out", str(out))
     assert res.returncode == 2 and "'deletion'" in res.stderr
+
+
+# ---------------------------------------------------------------- issue 10: trust
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_methods_that_cannot_apply_are_skipped_and_the_others_written(photos, tmp_path):
+    # EfficientNet-Lite0 runs ReLU6, not ReLU: the guided methods refuse. Named
+    # explicitly, each is reported, the others' outputs and summary.json are still
+    # written, and the exit code says that not everything asked for was done.
+    cat = str(photos / "chelsea.jpg")
+    for methods in ("guided-backprop", "gradcam,guided-backprop", "guided-gradcam,layercam"):
+        out = tmp_path / methods.replace(",", "_")
+        res = run("explain", cat, "--method", methods, "--out", str(out))
+        assert res.returncode == 1, res.stderr
+        assert "Traceback" not in res.stderr
+        refused = [m for m in methods.split(",") if m.startswith("guided")]
+        summary = _summary(out)
+        assert sorted(summary["method_errors"]) == refused
+        assert "needs ReLUs" in res.stderr and f"method {refused[0]} failed" in res.stderr
+        others = [m for m in methods.split(",") if m not in refused]
+        assert summary["methods"] == others
+        for m in others:
+            assert (out / f"chelsea_{m}.png").is_file()
+        for m in refused:
+            assert not (out / f"chelsea_{m}.png").exists()
+        assert (out / "chelsea_grid.png").is_file() == bool(others)
+
+
+def test_method_all_skips_what_cannot_apply_and_writes_the_rest(photos, tmp_path):
+    # The main job: `all` on the bundled model. No heavy method; the guided methods
+    # cannot apply (ReLU6, no ReLU) and are skipped with their reason, exit code 0; every
+    # other method is written, and the cost of the methods with extra forwards (Score-CAM,
+    # Ablation-CAM) is shown before it is paid.
+    out = tmp_path / "all"
+    res = run("explain", str(photos / "chelsea.jpg"), "--method", "all", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    summary = _summary(out)
+    assert set(summary["skipped_methods"]) == {"guided-backprop", "guided-gradcam"}
+    heavy = {n for n in camlens.available_methods() if camlens._registry.method_class(n).heavy}
+    assert heavy == {"sscam", "iscam", "rise"}
+    done = set(summary["methods"])
+    assert done == set(camlens.available_methods()) - heavy - set(summary["skipped_methods"])
+    for m in done:
+        assert (out / f"chelsea_{m}.png").is_file() and (out / f"chelsea_{m}.npy").is_file()
+    assert summary["images"][0]["grids"] == ["chelsea_grid.png"]
+    plan = res.stderr.index("forwards per image")
+    assert "scorecam" in res.stderr[:plan + 200] and "ablationcam" in res.stderr
+    assert "skipped method guided-backprop: guided backpropagation needs ReLUs" in res.stderr
+
+
+def test_every_registered_method_runs_or_is_reported(photos, tmp_path):
+    # `everything` = all + heavy, with --counterfactual, at an early layer (16 channels)
+    # and with cheap options so that every method runs in seconds: each one either writes
+    # its map or is skipped with the reason it cannot apply.
+    out = tmp_path / "every"
+    res = run("explain", str(photos / "chelsea.jpg"), "--method", "everything",
+              "--counterfactual", "--layer", "_blocks.0", "--out", str(out),
+              "--option", "num_samples=1", "--option", "rise.n_masks=64",
+              "--option", "rise.grid=4")
+    assert res.returncode == 0, res.stderr
+    summary = _summary(out)
+    skipped = summary["skipped_methods"]
+    agnostic = {"eigencam", "fem", "randomcam", "kpcacam"}  # same map for every class
+    # cam: this early layer does not feed the GAP + linear head
+    assert set(skipped) == {"guided-backprop", "guided-gradcam", "fullgrad", "cam"} | agnostic
+    assert "global average pooling" in skipped["cam"]
+    assert "class-agnostic, so counterfactual=True does not apply" in skipped["eigencam"]
+    assert "absolute values" in skipped["fullgrad"]
+    assert set(summary["methods"]) == set(camlens.available_methods()) - set(skipped)
+    for m in summary["methods"]:
+        assert np.load(out / f"chelsea_{m}.npy").shape == (224, 224)
+        assert (out / f"chelsea_{m}.png").is_file()
+
+
+def test_bad_method_option_is_a_usage_error(photos, tmp_path):
+    res = run("explain", str(photos / "chelsea.jpg"), "--method", "sscam", "--option",
+              "num_samples=0", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "num_samples" in res.stderr and "Traceback" not in res.stderr
+    res = run("explain", str(photos / "chelsea.jpg"), "--option", "nonsense=1", "--out",
+              str(tmp_path / "o"))
+    assert res.returncode == 2 and "none of the chosen methods" in res.stderr
+
+
+def test_an_empty_map_has_no_peak_and_no_box(photos, tmp_path):
+    # Nothing in the photo argues against the cat class at the last layer: Grad-CAM's
+    # counterfactual map is all zero, which must not get a peak or a box.
+    out = tmp_path / "empty"
+    res = run("explain", str(photos / "chelsea.jpg"), "--target", "tiger cat",
+              "--counterfactual", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    record = _summary(out)["images"][0]["maps"]["gradcam"]["targets"][0]
+    assert np.load(out / "chelsea_gradcam.npy").max() == 0
+    assert record["peak"] is None and record["box"] is None and record["empty"] is True
+    assert "gradcam map of class 'tiger cat' is empty" in res.stderr
+
+
+def test_out_naming_a_file_is_a_clear_error(photos, tmp_path):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    res = run("explain", str(photos / "chelsea.jpg"), "--out", str(target))
+    assert res.returncode == 2 and "is an existing file" in res.stderr
+    assert "Traceback" not in res.stderr and target.read_text() == "keep me"
+
+
+def test_names_without_suffix_unicode_small_and_huge_images(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(data.chelsea()).save(folder / "my_café ☕.jpg")
+    buf = io.BytesIO()
+    Image.fromarray(data.coffee()).save(buf, format="JPEG")
+    (folder / "coffee_no_suffix").write_bytes(buf.getvalue())  # a JPEG without extension
+    (folder / "readme.txt").write_text("not a picture")
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / "tiny.png")
+    # over Pillow's own bomb warning threshold (89.5 megapixels), 1 bit per pixel
+    Image.new("1", (9500, 9500)).save(folder / "bomb.png")
+    out = tmp_path / "out"
+    res = run("explain", str(folder), "--out", str(out))
+    assert res.returncode == 1  # the bomb is refused, the others processed
+    assert "DecompressionBombWarning" not in res.stderr
+    assert "bomb.png: 9500x9500 = 90,250,000 pixels is over the limit" in res.stderr
+    assert "left out 1 file(s) that are not images (readme.txt)" in res.stderr
+    names = {Path(i["file"]).name for i in _summary(out)["images"]}
+    assert names == {"my_café ☕.jpg", "coffee_no_suffix", "tiny.png"}
+    assert (out / "my_café_gradcam.png").is_file()
+    assert (out / "coffee_no_suffix_gradcam.png").is_file()
+    tiny = next(i for i in _summary(out)["images"] if i["file"].endswith("tiny.png"))
+    assert "8x8 is smaller than the model's 224x224 input" in tiny["notes"][0]
+    assert "tiny.png: 8x8 is smaller" in res.stderr
+
+
+def test_methods_list_whole_descriptions_and_groups():
+    res = run("methods")
+    line = next(x for x in res.stdout.splitlines() if x.startswith("guided-backprop"))
+    assert line.rstrip().endswith("where their input was positive.")
+    assert "sscam [heavy]" in res.stdout and "--method all" in res.stdout
+
+
+def test_evaluate_refuses_annotations_that_match_nothing_or_inverted_boxes(photos, tmp_path):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"other.jpg": [[10, 10, 50, 50]]}))
+    res = run("evaluate", str(photos), "--annotations", str(ann), "--out", str(tmp_path / "a"))
+    assert res.returncode == 2 and "name none of the 2 image(s)" in res.stderr
+    ann.write_text(json.dumps({"chelsea.jpg": [[420, 0, 60, 300]]}))
+    res = run("evaluate", str(photos), "--annotations", str(ann), "--out", str(tmp_path / "b"))
+    assert res.returncode == 2 and "inverted" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_evaluate_default_is_quick_and_reports_per_image(photos, tmp_path):
+    out = tmp_path / "quick"
+    res = run("evaluate", str(photos / "chelsea.jpg"), "--method", "gradcam,layercam",
+              "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["metrics"] == ["deletion", "insertion", "average_drop", "increase"]
+    assert summary["step"] == 2509  # 5 % of 224 x 224, rounded up
+    assert "plan: 1 image(s) x 2 method(s) x 4 metric(s)" in res.stderr
+    (image,) = summary["images"]
+    assert image["file"].endswith("chelsea.jpg") and 281 <= image["class"] <= 285
+    for m in ("gradcam", "layercam"):
+        row = next(r for r in summary["results"] if r["method"] == m)
+        assert image["results"][m]["deletion"] == pytest.approx(row["deletion"])
+    assert "road_morf" not in res.stdout
+
+
+def test_evaluate_box_metrics_that_score_nothing_fail(photos, tmp_path):
+    # a box outside the model's centre crop: the box metrics cannot be computed
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"chelsea.jpg": [[0, 0, 20, 20]]}))
+    out = tmp_path / "none"
+    res = run("evaluate", str(photos / "chelsea.jpg"), "--method", "gradcam", "--metric",
+              "pointing_game", "--annotations", str(ann), "--out", str(out))
+    assert res.returncode == 1
+    assert "pointing_game was computed for no image" in res.stderr
+    assert json.loads((out / "evaluation.json").read_text())["unscored_metrics"] == [
+        "pointing_game"]

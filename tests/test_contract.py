@@ -7,19 +7,12 @@ import logging
 
 import pytest
 import torch
-from conftest import ResidualNet, TinyNet, assert_same_state, model_state, randomize_bn
+from conftest import FAST, ResidualNet, TinyNet, assert_same_state, model_state, randomize_bn
 
 import camlens
 from camlens._registry import method_class
 
 METHODS = camlens.available_methods()
-# Smaller settings for the slow perturbation methods, so that the matrix stays quick.
-FAST = {
-    "rise": {"n_masks": 40, "grid": 4},
-    "sscam": {"num_samples": 2},
-    "iscam": {"num_samples": 2},
-    "smoothgradcam++": {"num_samples": 2},
-}
 
 
 def explain(model, x, method, **kw):

@@ -79,6 +79,23 @@ def test_xgradcam():
     assert torch.allclose(raw("xgradcam"), want, atol=1e-6)
 
 
+def test_xgradcam_eps():
+    # w_k = sum(G_k A_k) / (sum A_k + eps), eps = 1: w0 = 2 / 6, w1 = 4 / 4
+    # A0 / 3 + A1 = [[1/3, 2/3 + 1], [1/3 + 3, 1/3 - 1]] -> ReLU
+    want = t([[1 / 3, 5 / 3], [10 / 3, 0.0]])
+    with pytest.warns(UserWarning, match=r"eps=1 is not negligible.*median sum \|A\| 5\.0e\+00"):
+        assert torch.allclose(raw("xgradcam", eps=1.0), want, atol=1e-6)
+
+
+def test_xgradcam_warns_where_a_channel_nearly_cancels():
+    # A1 + delta at A1[1, 1] (-1 -> -4 + 1e-4): sum A1 = 1e-4, sum |A1| = 8, ratio 1.25e-5
+    a = A.clone()
+    a[1, 1, 1] = -4.0 + 1e-4
+    model = HandModel()
+    with pytest.warns(UserWarning, match=r"1 of the 2 channel sums .* down to 1\.2e-05 x sum"):
+        camlens.explain(model, a[None], method="xgradcam", layer="layer", target=0)
+
+
 def test_hirescam():
     # G0*A0 = [[1, 0], [-1, 2]] ; G1*A1 = [[0, -1], [3, 2]] ; sum -> ReLU
     assert torch.allclose(raw("hirescam"), t([[1.0, 0.0], [2.0, 4.0]]), atol=1e-6)
@@ -221,6 +238,64 @@ def test_fem():
     # ch1 = [0, 1, 3, -1]: mean 0.75, std 1.479 -> 2.229 -> only the 3; w = (1/4, 1/4)
     want = torch.relu(0.25 * A[0] + 0.25 * A[1])
     assert torch.allclose(raw("fem", k=1.0), want, atol=1e-6)
+
+
+def test_finercam_mean_weighting():
+    # logits y = (16, -6, 5); target 0: the nearest classes are 2 (|16 - 5| = 11), then 1
+    # (22); only ranks 1 and 2 exist among 3 classes. "mean": s = y0 - alpha (y2 + y1) / 2,
+    # ds/dA = G - alpha (0 - G) / 2 = (1 + alpha / 2) G: Grad-CAM times 1 + alpha / 2.
+    gradcam = t([[0.5, 0.625], [0.0, 0.875]])
+    assert torch.allclose(raw("finercam", weighting="mean"), 1.5 * gradcam, atol=1e-6)
+    assert torch.allclose(raw("finercam", weighting="mean", alpha=0.6), 1.3 * gradcam,
+                          atol=1e-6)
+    # only the nearest class (2, whose gradient is 0): s = y0 - alpha y2, Grad-CAM itself
+    assert torch.allclose(raw("finercam", weighting="mean", comparison=(1,)), gradcam,
+                          atol=1e-6)
+    # alpha = 0: Grad-CAM of y0 itself
+    assert torch.allclose(raw("finercam", weighting="mean", alpha=0), gradcam, atol=1e-6)
+
+
+class PoisonedModel(HandModel):
+    """HandModel whose layer output gets ``value`` at A1[1, 0] (3 in A) after the layer."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.poison = nn.Identity()
+        self.poison.register_forward_hook(self._poison)
+
+    def _poison(self, module, args, out):
+        out = out.clone()
+        out[:, 1, 1, 0] = self.value
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.poison(self.layer(x))
+        return self.head(torch.flatten(torch.nan_to_num(a, 0.0, 0.0, 0.0), 1))
+
+
+@pytest.mark.parametrize("method", ["eigencam", "kpcacam"])
+def test_non_finite_activations_nan_as_zero_inf_as_largest(method):
+    # Eigen-CAM and KPCA-CAM handle NaN / inf activations alike (torch.nan_to_num): NaN
+    # counts as 0, +-inf as the largest finite float32; both give finite maps (KPCA-CAM
+    # used to raise LinAlgError).
+    big = torch.finfo(torch.float32).max
+
+    def maps(value: float) -> torch.Tensor:
+        return camlens.explain(PoisonedModel(value), A[None], method=method, layer="poison",
+                               target=0, size=None, normalize=False)[0]
+
+    assert torch.equal(maps(float("nan")), maps(0.0))
+    assert torch.equal(maps(float("inf")), maps(big))
+    assert torch.equal(maps(float("-inf")), maps(-big))
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert torch.isfinite(maps(value)).all()
+    # NaN as 0: with A1[1, 0] = 0 instead of 3 the map is the one of that clean input
+    clean = A.clone()
+    clean[1, 1, 0] = 0.0
+    want = camlens.explain(HandModel(), clean[None], method=method, layer="layer", target=0,
+                           size=None, normalize=False)[0]
+    assert torch.allclose(maps(float("nan")), want, atol=1e-6)
 
 
 def test_randomcam_uses_seeded_uniform_weights():

@@ -129,6 +129,59 @@ def test_energy_pointing_game_and_localization_error():
     assert err == pytest.approx(100.0)
 
 
+def test_pointing_games_accept_lists_of_boxes_and_several_objects():
+    maps = torch.zeros(3, 10, 10)
+    maps[0, 2, 2] = 1.0  # in image 0's box
+    maps[1, 8, 8] = 1.0  # in image 1's second box only
+    maps[2, 5, 5] = 1.0  # between image 2's two boxes
+    maps[1, 0:2, 0:2] = 0.5  # energy: 4 * 0.5 in box one, 1.0 in box two, of 3.0
+    maps[2, 0, 9] = 0.5  # energy: the corner pixel lies in the second box
+    boxes = [[0, 0, 4, 4], [[0, 0, 3, 3], [7, 7, 10, 10]], [[0, 0, 3, 3], [8, 0, 10, 2]]]
+    hits = metrics.pointing_game(maps, boxes, tolerance=0)
+    assert hits.tolist() == [True, True, False]
+    # (5, 5) is sqrt(3^2 + 3^2) = 4.2 px from box one's last pixel (2, 2)
+    assert metrics.pointing_game(maps, boxes, tolerance=4).tolist() == [True, True, False]
+    assert metrics.pointing_game(maps, boxes, tolerance=5).tolist() == [True, True, True]
+    energy = metrics.energy_pointing_game(maps, boxes)
+    assert torch.allclose(energy, torch.tensor([1.0, (2.0 + 1.0) / 3.0, 0.5 / 1.5]))
+    # one box each: a list, a tuple of tensors, a (B, 4) array and tensor agree
+    one = [[0, 0, 4, 4], [7, 7, 10, 10], [4, 4, 6, 6]]
+    want = [True, True, True]
+    for objects in (one, tuple(torch.tensor(b) for b in one), np.array(one), torch.tensor(one),
+                    [[b] for b in one], [[torch.tensor(b)] for b in one]):
+        assert metrics.pointing_game(maps, objects, tolerance=0).tolist() == want
+    energy = metrics.energy_pointing_game(maps, one)
+    assert torch.allclose(energy, torch.tensor([1.0, 1.0 / 3.0, 1.0 / 1.5]))
+    # boolean masks (B, H, W) still work, as a tensor or an array
+    masks = torch.zeros(3, 10, 10, dtype=torch.bool)
+    masks[:, 7:, 7:] = True
+    assert metrics.pointing_game(maps, masks.numpy(), tolerance=0).tolist() == [False, True,
+                                                                                  False]
+    assert torch.allclose(metrics.energy_pointing_game(maps, masks),
+                          torch.tensor([0.0, 1.0 / 3.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    ("objects", "message"),
+    [
+        (torch.tensor([[[0, 0, 4, 4]]] * 2), r"\(2, 1, 4\).*list of per-image boxes.*squeeze"),
+        (torch.zeros(2, 5, 5, dtype=torch.bool), r"\(2, 5, 5\) are neither masks like the maps"),
+        (torch.tensor([[0, 0, 4, 4]]), "1 boxes for 2 maps"),
+        ([[0, 0, 4, 4]], "1 entries of objects for 2 maps"),
+        ([[0, 0, 4, 4], []], r"objects\[1\] has shape \(0,\)"),
+        ([[0, 0, 4, 4], [0, 0, 4]], r"objects\[1\] has shape \(3,\)"),
+        ([[0, 0, 4, 4], [[0, 0, 4, 4], [0, 0, 20, 4]]], "outside the 10 x 10 image"),
+        (torch.zeros(2, 4, 4, 4), r"objects of shape \(2, 4, 4, 4\)"),
+    ],
+)
+def test_pointing_game_says_which_objects_it_accepts(objects, message):
+    maps = torch.rand(2, 10, 10)
+    with pytest.raises(ValueError, match=message):
+        metrics.pointing_game(maps, objects)
+    with pytest.raises(ValueError, match=message):
+        metrics.energy_pointing_game(maps, objects)
+
+
 def test_spearman_and_ssim_match_scipy_and_skimage():
     g = torch.Generator().manual_seed(5)
     a = torch.rand(3, 16, 16, generator=g)

@@ -147,3 +147,50 @@ def test_timm_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
     model, _, _ = load_model("timm:resnet18")
     assert torch.equal(model.fc.weight, net.fc.weight)
     assert asked[0] == (net.pretrained_cfg["hf_hub_id"], "model.safetensors")
+
+
+def test_messages_name_python_arguments_and_the_cli_flags(tmp_path, monkeypatch):
+    """From Python the fix is weights=FILE / trust=True; the flags come second."""
+    import camlens.models as models
+
+    monkeypatch.setattr(models, "_timm_cached_weights", lambda model: None)
+    with pytest.raises(ValueError, match=r"timm:resnet18: pass weights=FILE \(or --weights FILE "
+                                         r"on the command line\)"):
+        load_model("timm:resnet18")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    with pytest.raises(ValueError, match=r"torchvision:resnet18: pass weights=FILE \(or "
+                                         r"--weights FILE on the command line\)"):
+        load_model("torchvision:resnet18")
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    torch.save(net, tmp_path / "full.pt")
+    with pytest.raises(ValueError, match=r"pass trust=True \(--trust-model on the command"):
+        load_model(str(tmp_path / "full.pt"))
+    with pytest.raises(ValueError, match=r"load_model\(FILE, trust=True\) \(--model FILE "
+                                         r"--trust-model on the command line\)"):
+        load_model("torchvision:resnet18", weights=tmp_path / "full.pt")  # a model as weights
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ValueError, match=r"load_model\('torchvision:resnet50', weights='"):
+        load_model(str(tmp_path / "sd.pt"))
+    torch.jit.script(net).save(str(tmp_path / "ts.pt"))
+    with pytest.raises(ValueError, match=r"weights=FILE \(--weights\) goes with an architecture"):
+        load_model(str(tmp_path / "ts.pt"), weights=tmp_path / "sd.pt")
+    listed = dict(models.available_models())
+    assert "weights=FILE" in listed["torchvision:NAME"] and "trust=True" in listed["FILE.pt"]
+
+
+def test_preprocess_view_matches_the_crop_box():
+    pre = Preprocess(256, 224)
+    photo = data.chelsea()  # 451 x 300
+    view = pre.view(photo)
+    assert view.shape == (224, 224, 3) and view.dtype == np.uint8
+    x0, y0, x1, y1 = pre.crop_box(300, 451)
+    crop = torch.from_numpy(photo[y0:y1, x0:x1]).permute(2, 0, 1).float()[None]
+    small = torch.nn.functional.interpolate(crop, size=(224, 224), mode="bilinear",
+                                            antialias=True, align_corners=False)
+    small = small[0].permute(1, 2, 0).round().numpy()
+    assert np.abs(small - view).mean() < 2  # the same part of the photo
+    # normalised, the view is the model's input (up to uint8 rounding)
+    x = (torch.from_numpy(view).permute(2, 0, 1) / 255 - torch.tensor(pre.mean).view(3, 1, 1)
+         ) / torch.tensor(pre.std).view(3, 1, 1)
+    assert (x - pre(photo)).abs().max() <= 0.5 / 255 / min(pre.std) + 1e-6

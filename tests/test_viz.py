@@ -45,7 +45,7 @@ def test_overlay_golden_pixels():
 def test_overlay_resizes_and_normalises_raw_maps():
     image = np.zeros((8, 12, 3), np.uint8)
     raw = torch.tensor([[0.0, 4.0], [2.0, 8.0]])
-    out = viz.overlay(image, raw, alpha=1.0, colormap="gray")
+    out = viz.overlay(image, raw, alpha=1.0, colormap="gray", region="full")
     assert out.shape == (8, 12, 3)
     assert out[0, 0].tolist() == [0, 0, 0] and out[-1, -1].tolist() == [255, 255, 255]
     with pytest.raises(ValueError, match="alpha"):
@@ -63,12 +63,12 @@ def test_picture_shows_itself_as_png():
 
 def test_grid_layout_and_labels():
     image = np.full((50, 80, 3), 200, np.uint8)
-    maps = {"gradcam: cat 90%": torch.rand(7, 7), "layercam": torch.rand(50, 80)}
+    maps = {"gradcam: 90%": torch.rand(5, 8), "layercam": torch.rand(50, 80)}
     g = viz.grid(image, maps, panel_height=50, font_size=10)
     # three panels of 80 px and two 4 px gaps; 18 px label strips above 50 px images
     assert g.shape == (50 + 18, 3 * 80 + 2 * 4, 3)
     assert (g[:18, :80] < 128).any()  # some dark text in the first label strip
-    wrapped = viz.grid(image, [torch.rand(5, 5)] * 8, titles=[str(i) for i in range(8)],
+    wrapped = viz.grid(image, [torch.rand(5, 8)] * 8, titles=[str(i) for i in range(8)],
                        panel_height=50)
     assert wrapped.shape[1] == 3 * 80 + 2 * 4  # 9 panels -> 3 columns
     with pytest.raises(ValueError, match="titles"):
@@ -142,3 +142,309 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
         viz.atomic_write(target, b"second")
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.png"]
+
+
+# ----------------------------------------------------------------- maps of a crop
+@pytest.fixture(scope="module")
+def cat_photo(tmp_path_factory):
+    """scikit-image's chelsea as a PNG file: 451 x 300 (width x height)."""
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "cat.png"
+    Image.fromarray(data.chelsea()).save(path)
+    return path, data.chelsea()
+
+
+@pytest.fixture(scope="module")
+def preprocess():
+    import camlens
+
+    return camlens.load_model()[1]
+
+
+def bump(y: int, x: int, size: int = 224, sigma: float = 3.0) -> torch.Tensor:
+    """A (size, size) map in [0, 1] with its single peak (1.0) at (y, x)."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return torch.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
+
+
+def peak(picture: np.ndarray) -> tuple[int, int]:
+    """(y, x) of the brightest pixel of a grey overlay."""
+    y, x = np.unravel_index(int(np.argmax(np.asarray(picture)[..., 0])), picture.shape[:2])
+    return int(y), int(x)
+
+
+PY, PX = 60, 150  # the peak in the model's 224 x 224 input
+
+
+def test_overlay_puts_a_crop_map_where_the_model_looked(cat_photo, preprocess):
+    path, photo = cat_photo
+    assert photo.shape == (300, 451, 3)
+    x0, y0, x1, y1 = preprocess.crop_box(300, 451)
+    assert (x0, y0, x1, y1) == (94, 19, 356, 281)
+    crop = preprocess.crop
+    # centre of input pixel (PY, PX) in photo pixels (pixel centres at +0.5)
+    want_y = y0 + (PY + 0.5) * (y1 - y0) / crop - 0.5
+    want_x = x0 + (PX + 0.5) * (x1 - x0) / crop - 0.5
+    out = viz.overlay(path, bump(PY, PX), alpha=1.0, colormap="gray", region=preprocess)
+    assert out.size == (451, 300)
+    inside = np.asarray(out)[y0:y1, x0:x1]
+    got_y, got_x = peak(inside)
+    assert abs(y0 + got_y - want_y) <= 1 and abs(x0 + got_x - want_x) <= 1
+    assert (y0 + got_y, x0 + got_x) == (89, 269)
+    assert inside[..., 0].max() > 240
+    outside = np.ones((300, 451), bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(np.asarray(out)[outside], photo[outside])  # untouched photo
+
+    # the same box given by hand, and a region the size of the map: identical pixels
+    same = viz.overlay(path, bump(PY, PX), alpha=1.0, colormap="gray", region=(x0, y0, x1, y1))
+    assert np.array_equal(same, out)
+
+    # without region, a square map on a 3:2 photo is refused with the fix in the message
+    with pytest.raises(ValueError, match=r"crop.*region=preprocess.*preprocess\.view"):
+        viz.overlay(path, bump(PY, PX))
+    with pytest.raises(ValueError, match="region=preprocess"):
+        viz.grid(path, {"gradcam": bump(PY, PX)})
+    # region="full" stretches on purpose: the peak lands elsewhere (the old behaviour)
+    stretched = viz.overlay(path, bump(PY, PX), alpha=1.0, colormap="gray", region="full")
+    sy, sx = peak(stretched)
+    assert abs(sy - ((PY + 0.5) * 300 / crop - 0.5)) <= 1
+    assert abs(sx - ((PX + 0.5) * 451 / crop - 0.5)) <= 1
+
+
+def test_grid_puts_a_crop_map_where_the_model_looked(cat_photo, preprocess):
+    path, photo = cat_photo
+    x0, y0, x1, y1 = preprocess.crop_box(300, 451)
+    want_y = y0 + (PY + 0.5) * (y1 - y0) / preprocess.crop - 0.5
+    want_x = x0 + (PX + 0.5) * (x1 - x0) / preprocess.crop - 0.5
+    maps = {"bump": bump(PY, PX)}
+    g = viz.grid(path, maps, alpha=1.0, colormap="gray", region=preprocess, panel_height=None)
+    strip = g.shape[0] - 300
+    assert g.shape == (strip + 300, 451 + 4 + 451, 3) and strip == 14 + 8
+    assert np.array_equal(g[strip:, :451], photo)  # the image panel
+    panel = g[strip:, 455:]
+    assert np.array_equal(panel, viz.overlay(path, maps["bump"], 1.0, "gray", region=preprocess))
+    got_y, got_x = peak(panel[y0:y1, x0:x1])
+    assert abs(y0 + got_y - want_y) <= 1 and abs(x0 + got_x - want_x) <= 1
+
+    # scaled panels: the region is scaled with the photo (150 / 300 high, 226 / 451 wide)
+    g = viz.grid(path, maps, alpha=1.0, colormap="gray", region=preprocess, panel_height=150)
+    strip = g.shape[0] - 150
+    assert g.shape[1] == 226 + 4 + 226
+    panel = g[strip:, 230:]
+    got_y, got_x = peak(panel)
+    assert abs(got_y - (want_y + 0.5) * 150 / 300 + 0.5) <= 1.5
+    assert abs(got_x - (want_x + 0.5) * 226 / 451 + 0.5) <= 1.5
+
+
+def test_preprocess_view_is_the_crop_the_model_saw(cat_photo, preprocess):
+    path, photo = cat_photo
+    view = preprocess.view(path)
+    assert view.shape == (224, 224, 3) and view.dtype == np.uint8
+    # normalising the view gives the model's input back (up to uint8 rounding)
+    mean = torch.tensor(preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    back = (torch.from_numpy(view).permute(2, 0, 1).float() / 255 - mean) / std
+    assert (back - preprocess(path)).abs().max() < 1.5 / 255 / min(preprocess.std)
+    # and it shows the crop_box part of the photo
+    x0, y0, x1, y1 = preprocess.crop_box(300, 451)
+    small = np.asarray(Image.fromarray(photo[y0:y1, x0:x1]).resize((224, 224), Image.BILINEAR))
+    assert np.abs(small.astype(int) - view.astype(int)).mean() < 3
+    # maps of the input sit on it one to one: no region needed, peak exactly in place
+    out = viz.overlay(view, bump(PY, PX), alpha=1.0, colormap="gray")
+    assert peak(out) == (PY, PX)
+    g = viz.grid(view, {"bump": bump(PY, PX)}, panel_height=None)
+    assert g.shape[1] == 2 * 224 + 4
+
+
+def test_overlay_region_box_and_errors():
+    image = np.full((10, 20, 3), 50, np.uint8)
+    cam = torch.ones(4, 4)
+    out = viz.overlay(image, cam, alpha=1.0, colormap="gray", region=(5, 2, 9, 6))
+    assert out[2:6, 5:9].tolist() == np.full((4, 4, 3), 255).tolist()
+    inside = np.zeros((10, 20), bool)
+    inside[2:6, 5:9] = True
+    assert (out[~inside] == 50).all()
+    # a box of floats is rounded; numpy boxes work too
+    assert np.array_equal(viz.overlay(image, cam, 1.0, "gray", region=np.array([5.2, 2, 9, 6])),
+                          out)
+    # a map of the same shape as its image (2 % tolerance, or one pixel of rounding) is fine
+    viz.overlay(np.zeros((224, 228, 3), np.uint8), torch.rand(224, 224))
+    viz.overlay(np.zeros((9, 13, 3), np.uint8), torch.rand(2, 3))
+    with pytest.raises(ValueError, match="outside the 20 x 10 image"):
+        viz.overlay(image, cam, region=(5, 2, 25, 6))
+    with pytest.raises(ValueError, match="empty"):
+        viz.overlay(image, cam, region=(5, 2, 5, 6))
+    with pytest.raises(TypeError, match="crop_box"):
+        viz.overlay(image, cam, region=object())
+    with pytest.raises(ValueError, match="'full'"):
+        viz.overlay(image, cam, region="crop")
+    with pytest.raises(ValueError, match="4 x 4 pixels but the image is 20 x 10"):
+        viz.overlay(image, cam)
+
+
+# ----------------------------------------------------------------- tensors and pictures
+def test_load_image_reads_tensors_channels_first_or_last():
+    g = torch.Generator().manual_seed(0)
+    chw = torch.rand(3, 5, 7, generator=g)
+    want = viz.load_image(chw.permute(1, 2, 0).numpy())
+    assert viz.load_image(chw).tolist() == want.tolist()
+    assert viz.load_image(chw.permute(1, 2, 0)).tolist() == want.tolist()  # (5, 7, 3)
+    square = torch.rand(224, 224, 3, generator=g)
+    assert viz.load_image(square).shape == (224, 224, 3)
+    assert viz.load_image((square * 255).byte()).tolist() == viz.load_image(
+        (square * 255).byte().numpy()).tolist()
+    # ambiguous (3, 4, 3): channels-first, torch's layout
+    amb = torch.rand(3, 4, 3, generator=g)
+    assert viz.load_image(amb).tolist() == viz.load_image(amb.permute(1, 2, 0).numpy()).tolist()
+    # one channel at either end is grey; four is RGBA on white; bfloat16 is fine
+    assert viz.load_image(torch.full((1, 2, 3), 0.5))[1, 2].tolist() == [128, 128, 128]
+    assert viz.load_image(torch.full((2, 3, 1), 0.5))[1, 2].tolist() == [128, 128, 128]
+    rgba = torch.zeros(2, 2, 4)
+    rgba[..., 0] = 1
+    assert viz.load_image(rgba)[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    assert viz.load_image(torch.ones(3, 2, 2, dtype=torch.bfloat16))[0, 0].tolist() == [255] * 3
+    with pytest.raises(ValueError, match=r"\(3, H, W\) or \(H, W, 3\).*got \(5, 6, 7\)"):
+        viz.load_image(torch.rand(5, 6, 7))
+    with pytest.raises(ValueError, match=r"batch.*x\[0\]"):
+        viz.load_image(torch.rand(1, 3, 4, 4))
+
+
+def test_picture_size_is_width_height_and_numpy_still_works():
+    a = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    pic = viz.Picture(a)
+    assert pic.size == (7, 5) and (pic.width, pic.height) == (7, 5)
+    assert pic.shape == (5, 7, 3) and pic.dtype == np.uint8
+    pil = pic.to_pil()
+    assert pil.size == pic.size and pil.mode == "RGB"
+    assert np.array_equal(np.asarray(pil), a)
+    # numpy sees an ordinary array: element counts, values and types are numpy's
+    assert np.asarray(pic).size == 105 and type(np.asarray(pic)) is np.ndarray
+    assert np.mean(pic) == pytest.approx(a.mean()) and pic.mean() == pytest.approx(a.mean())
+    assert pic.std() == pytest.approx(a.std()) and np.median(pic) == np.median(a)
+    assert pic[1:3, 2].tolist() == a[1:3, 2].tolist() and pic[1:3, 2].size == 6
+    assert pic[0, 0].tolist() == a[0, 0].tolist()
+    assert (pic < 128).tolist() == (a < 128).tolist() and (pic < 128).size == 105
+    assert (pic == a).all() and np.array_equal(pic, a) and np.allclose(pic, a)
+    assert (pic + 1).tolist() == (a + 1).tolist()
+    assert pic.reshape(-1).size == 105 and pic.astype(float).size == 105
+    assert np.concatenate([pic, pic]).size == 210 and pic.T.shape == (3, 7, 5)
+    assert int(pic.sum()) == int(a.sum()) and pic.max() == a.max()
+    for derived in (pic[1:], pic + 1, pic.reshape(-1), np.pad(pic, 1), pic.astype(float)):
+        assert type(derived) is np.ndarray
+    np.testing.assert_array_equal(pic, a)
+    assert torch.as_tensor(np.asarray(pic)).shape == (5, 7, 3)
+    sheet = np.zeros((6, 8, 3), np.uint8)
+    sheet[:5, :7] = pic
+    assert np.array_equal(sheet[:5, :7], a)
+    copied = pic.copy()
+    copied += 1  # in place: still the same picture object
+    assert isinstance(copied, viz.Picture) and copied.tolist() == (a + 1).tolist()
+    import pickle
+
+    again = pickle.loads(pickle.dumps(pic))
+    assert isinstance(again, viz.Picture) and again.size == (7, 5)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        viz.Picture(np.zeros((2, 3, 5)))
+    # what the library returns is a Picture
+    assert viz.overlay(a, np.ones((5, 7))).size == (7, 5)
+
+
+# ----------------------------------------------------------------- titles and rows
+def test_long_titles_wrap_onto_two_lines_before_they_are_cut():
+    from camlens.viz._compose import _font, _measure, _wrap_title
+
+    font = _font(14)
+    width = _measure(font)
+    title = "guided-gradcam: tiger cat 45.3%"
+    assert 150 < width(title) < 250  # Pillow's default font at 14 px
+    assert _wrap_title(title, 1000, font) == [title]
+    # as much as fits on the first line, broken at a space
+    assert _wrap_title(title, 150, font) == ["guided-gradcam: tiger", "cat 45.3%"]
+    assert _wrap_title(title, 120, font) == ["guided-gradcam:", "tiger cat 45.3%"]
+    # narrower: after the '-'; when two lines are not enough, only then "..."
+    lines = _wrap_title(title, 100, font)
+    assert lines == ["guided-", "gradcam: tige..."]
+    assert all(width(line) <= 100 for line in lines)
+    assert _wrap_title(title, 180, font) == ["guided-gradcam: tiger cat", "45.3%"]
+    # a word wider than the line is broken inside it
+    lines = _wrap_title("abcdefghijklmnopqrstuvwxyz", 60, font)
+    assert len(lines) == 2 and "".join(lines).startswith(lines[0]) and len(lines[0]) > 3
+    assert all(width(line) <= 60 for line in lines)
+    assert _wrap_title("", 60, font) == [""]
+
+
+def test_a_21_panel_grid_shows_whole_titles():
+    from camlens.viz._compose import _font, _measure, _wrap_title
+
+    methods = ["gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "scorecam",
+               "ablationcam", "hirescam", "guided-gradcam", "smoothgradcampp", "cam",
+               "fullgrad", "eigengradcam", "gradcamelementwise", "isocam", "sscam",
+               "shapleycam", "finercam", "guided-backprop", "integrated-gradients", "rise"]
+    titles = [f"{m}: tiger cat 45.3%" for m in methods]
+    font, width = _font(14), _measure(_font(14))
+    assert sum(width(t) > 152 for t in titles) >= 5  # these did not fit on one line
+    for t in titles:  # they do on two, each line within the panel, nothing cut
+        lines = _wrap_title(t, 152, font)
+        assert len(lines) <= 2 and not lines[-1].endswith("...")
+        assert " ".join(lines).replace("- ", "-") == t
+        assert all(width(line) <= 152 for line in lines)
+    image = np.full((160, 160, 3), 200, np.uint8)
+    g = viz.grid(image, [torch.rand(4, 4)] * 21, titles, panel_height=160, font_size=14)
+    # 22 panels -> 5 columns, 5 rows; every strip is two lines high (14 + 8 + 17 px)
+    strip = 14 + 8 + 17
+    assert g.shape == (5 * (strip + 160) + 4 * 4, 5 * 160 + 4 * 4, 3)
+    second_line = slice(3 + 17, strip)
+    panel = (8 + 1) // 5, (8 + 1) % 5  # guided-gradcam: row 1, column 4
+    y, x = panel[0] * (strip + 160 + 4), panel[1] * (160 + 4)
+    assert (g[y + second_line.start : y + strip, x : x + 160] < 128).any()  # text drawn
+    assert (g[second_line, :160] >= 128).all()  # "image": one line, same strip height
+    assert (g[strip : strip + 160, :160] == 200).all()
+
+
+def test_compose_rows_one_row_per_class():
+    image = np.full((40, 60, 3), 120, np.uint8)
+    pics = [np.full((40, 60, 3), v, np.uint8) for v in (10, 60, 250)]
+    sheet = viz.compose_rows(image, [
+        ("top 1: tabby cat 52.0%", pics[:2], ["gradcam", "layercam"]),
+        ("top 2: tiger cat 31.0%", pics[:2], ["gradcam", "layercam"]),
+        ("top 3: Egyptian cat 9.1%", pics, ["gradcam", "layercam", "scorecam"]),
+    ], panel_height=40, font_size=10)
+    assert isinstance(sheet, viz.Picture)
+    # 3 rows x 4 columns (the widest row) of 60 px panels; the row titles wrap in 52 px,
+    # so every strip is two lines high: 10 + 8 + 12 px
+    strip = 10 + 8 + 12
+    ph = strip + 40
+    assert sheet.shape == (3 * ph + 2 * 4, 4 * 60 + 3 * 4, 3)
+    for r in range(3):
+        top = r * (ph + 4) + strip
+        assert (sheet[top : top + 40, :60] == 120).all()  # each row starts with the image
+        assert (sheet[top : top + 40, 64:124] == 10).all()
+        assert (sheet[top : top + 40, 128:188] == 60).all()
+        assert (sheet[r * (ph + 4) + 3 : r * (ph + 4) + 13, :52] < 128).any()  # row title
+    last = 2 * (ph + 4) + strip
+    assert (sheet[last : last + 40, 192:252] == 250).all()
+    assert (sheet[strip : strip + 40, 192:252] == 255).all()  # rows 1, 2 end early: white
+
+    # a long row continues on the next line; the next row starts on a new line
+    wrapped = viz.compose_rows(image, [("a", pics, ["x", "y", "z"]), ("b", pics[:1], ["x"])],
+                               cols=2, panel_height=40, font_size=10)
+    ph = 18 + 40
+    assert wrapped.shape == (3 * ph + 2 * 4, 2 * 60 + 4, 3)  # lines: [a x] [y z] [b x]
+    assert (wrapped[18:ph, :60] == 120).all() and (wrapped[18:ph, 64:] == 10).all()
+    assert (wrapped[ph + 4 + 18 : 2 * ph + 4, :60] == 60).all()
+    assert (wrapped[2 * ph + 8 + 18 :, :60] == 120).all()
+
+    # compose_grid is the one-row case, with the default columns
+    one = viz.compose_grid(image, pics[:2], ["gradcam", "layercam"], panel_height=40,
+                           font_size=10)
+    assert one.shape == (18 + 40, 3 * 60 + 2 * 4, 3)
+    assert np.array_equal(one, viz.compose_rows(
+        image, [("image", pics[:2], ["gradcam", "layercam"])], panel_height=40, font_size=10))
+    many = viz.compose_rows(image, [("image", pics * 7, ["t"] * 21)], panel_height=40)
+    assert many.shape[1] == 5 * 60 + 4 * 4  # 22 panels -> 5 columns, as compose_grid
+    with pytest.raises(ValueError, match="2 pictures but 1 titles"):
+        viz.compose_rows(image, [("x", pics[:2], ["a"])])
+    with pytest.raises(ValueError, match="empty"):
+        viz.compose_rows(image, [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,18 @@ def load_annotations(path: str | Path) -> dict[str, Objects]:
 
 
 def _box(values: list[float], where: str) -> list[float]:
-    if len(values) != 4 or not all(isinstance(v, (int, float)) for v in values):
+    if (not isinstance(values, (list, tuple)) or len(values) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
         raise ValueError(f"{where}: a box needs four numbers, got {values!r}")
-    return [float(v) for v in values]
+    box = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError(f"{where}: box {values!r} has a value that is not finite")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(
+            f"{where}: box {values!r} is empty or inverted; boxes are [x0, y0, x1, y1] with "
+            "x1 > x0 and y1 > y0 (COCO's bbox is [x, y, width, height])"
+        )
+    return box
 
 
 def _simple(name: str, value: object) -> Objects:
@@ -88,5 +98,5 @@ def _voc(xml: Path) -> tuple[str, Objects]:
             continue
         xmin, ymin, xmax, ymax = (float(box.findtext(k) or "nan")
                                   for k in ("xmin", "ymin", "xmax", "ymax"))
-        objects.boxes.append([xmin - 1, ymin - 1, xmax, ymax])
+        objects.boxes.append(_box([xmin - 1, ymin - 1, xmax, ymax], str(xml)))
     return name, objects

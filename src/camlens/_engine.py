@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +30,14 @@ class PassResult:
     classes: Tensor | None
     single: bool
     matched: Tensor | None = None  # (B,) False where the target found nothing to explain
+    # why the methods with a given need (a Method class attribute) cannot apply
+    refused: dict[str, ValueError] = field(default_factory=dict)
+
+    def check(self, method: Method) -> None:
+        """Raise the reason ``method`` cannot use this pass, if there is one."""
+        for need, err in self.refused.items():
+            if getattr(method, need, False):
+                raise err
 
 
 def run_pass(
@@ -101,12 +109,14 @@ def run_pass(
                     "the model uses (see model.named_modules())"
                 )
         srcs: list[Tensor] = capture.outputs  # type: ignore[assignment]
+        refused: dict[str, ValueError] = {}
         target = bind_target(target, output)
         matched = getattr(target, "matched", None)
         with torch.enable_grad():
             classes, scores, single = _scores(target, output, inputs.shape[0])
             if transforms:
                 scores = transforms[0].transform_scores(output, classes)
+            check_finite_scores(scores)
             wrt = srcs + ([x] if need_input_grads else [])
             names = [n for n, _ in layers] + (["input"] if need_input_grads else [])
             grads = (
@@ -114,11 +124,18 @@ def run_pass(
                            unmatched=_nothing_matched(target))
                 if need_grads and wrt else None
             )
-            hvps = _hessian_products(grads[: len(srcs)], srcs) if need_hessian and grads else None
-        guided = (
-            _guided_gradients(model, inputs, target, classes, counterfactual)
-            if need_guided else None
-        )
+            hvps = None
+            if need_hessian and grads:
+                try:
+                    hvps = _hessian_products(grads[: len(srcs)], srcs)
+                except ValueError as err:  # only the methods that need it cannot apply
+                    refused["needs_hessian"] = err
+        guided = None
+        if need_guided:
+            try:
+                guided = _guided_gradients(model, inputs, target, classes, counterfactual)
+            except ValueError as err:
+                refused["guided"] = err
         samples = None
         if noisy:
             samples = _noisy_gradients(model, inputs, layers, target, classes, noisy[0], seed)
@@ -131,7 +148,7 @@ def run_pass(
     scorer = None
     if any(m.needs_scorer for m in methods):
         scorer = Scorer(model, target, classes, eval_mode=eval_mode, batch_size=batch_size,
-                        progress=progress)
+                        progress=progress, num_images=inputs.shape[0])
     data = []
     sources = [(s, layers[i]) for i, s in enumerate(srcs)] or [(inputs, ("input", model))]
     for i, (src, layer) in enumerate(sources):
@@ -185,7 +202,7 @@ def run_pass(
             )
         )
     return PassResult(output, [n for n, _ in layers] or ["input"], data, classes, single,
-                      matched)
+                      matched, refused)
 
 
 def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: bool,
@@ -313,6 +330,30 @@ def _scores(target: Any, output: Any, batch: int) -> tuple[Tensor | None, Tensor
     return classes, scores, single
 
 
+def check_finite_scores(scores: Tensor) -> None:
+    """A clear error for NaN or inf target scores: no map can be made from them."""
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        images = torch.nonzero(bad.any(dim=1)).flatten().tolist()
+        kind = "NaN" if bool(torch.isnan(scores.detach()).any()) else "inf"
+        raise ValueError(
+            f"the model's target score is {kind} for image(s) {images}; no map can be made "
+            "from it. Check the model and its weights (a division by zero, an overflow in "
+            "float16, a log of 0) and that the inputs are normalised as the model expects"
+        )
+
+
+def _check_finite_gradients(grads: list[Tensor], names: list[str]) -> None:
+    for name, g in zip(names, grads):
+        if not bool(torch.isfinite(g.detach()).all()):
+            raise ValueError(
+                f"the gradient of the target score at {name!r} contains NaN or inf, although "
+                "the score is finite; an operation of the model has an unstable backward "
+                "(e.g. sqrt or log at 0, float16 overflow). Pick another layer, run the "
+                "model in float32, or use a gradient-free method such as 'scorecam'"
+            )
+
+
 def _nothing_matched(target: Any) -> bool:
     """Whether a bound target found nothing to explain in any image (see ``matched``)."""
     matched = getattr(target, "matched", None)
@@ -329,6 +370,7 @@ def _gradients(
     a detector's proposal branch) gets zero gradients instead of an error. ``unmatched``:
     the target matched nothing in any image, so constant scores give zero gradients (and
     all-zero maps) instead of an error."""
+    check_finite_scores(scores)
     b, k = scores.shape
     if not scores.requires_grad and unmatched:
         return [s.new_zeros(b, k, *s.shape[1:]) for s in srcs]
@@ -362,6 +404,7 @@ def _gradients(
                 f"layer {name!r} does not influence the target score; pick a layer on the "
                 "path from the input to the output"
             )
+    _check_finite_gradients(out, names)  # type: ignore[arg-type]
     return out  # type: ignore[return-value]
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,9 @@ class Explainer:
             automatic handling of tokens (B, N, C) and channels-last (B, H, W, C).
         eval_mode: run the model in eval mode during the call (its modes are restored).
         batch_size: inputs per extra forward of perturbation methods (memory bound).
-        progress: report the extra forwards of perturbation methods on stderr (or call
-            ``progress(done, total)``).
+        progress: a ``tqdm`` bar on stderr for each perturbation method's extra forwards
+            (its name, count, rate, time left), or a callable ``progress(done, total)``
+            called with the running method's count (its total is known before it starts).
         seed: seed of everything random (RISE masks, noise, random weights).
         aug_smooth: test-time augmentation: horizontal flip x scales 0.875, 1, 1.125; each
             map is mapped back to the input's geometry and the maps are averaged.
@@ -260,12 +261,19 @@ def _finish(
     eigen_smooth: bool = False, squeeze: bool = True,
 ) -> Tensor:
     """Method maps of every layer -> resized, fused, normalised float32 maps."""
+    result.check(method)
     if eigen_smooth:
         if not method.supports_eigen_smooth:
             raise ValueError(f"eigen_smooth does not apply to {method.name}")
         maps = [method.eigen(d) for d in result.layers]
     else:
-        maps = method.compute_layers(result.layers)
+        scorer = result.layers[0].scorer if result.layers else None
+        if scorer is not None and method.needs_scorer:
+            total = sum(method.forwards(d) for d in result.layers)
+            with scorer.progress.task(method.name, total):
+                maps = method.compute_layers(result.layers)
+        else:
+            maps = method.compute_layers(result.layers)
     spatial = inputs.ndim - 2
     if size == "input":
         out_size: tuple[int, ...] = tuple(inputs.shape[2:])
@@ -368,6 +376,8 @@ def compare(
     batch_size: int = 32,
     progress: bool | Callable[[int, int], None] = False,
     seed: int = 0,
+    plan: Callable[[list[PlanRow]], None] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Comparison:
     """Maps of several methods from ONE forward and gradient pass: ``{name: maps}``.
 
@@ -377,6 +387,11 @@ def compare(
     without a GAP + linear head, a class-agnostic method with ``counterfactual=True``) gets
     its exception as value instead of stopping the others. The result also carries the
     model ``output``, the explained ``classes`` and the ``layer_names``.
+
+    ``options``: each method's own options, ``{"sscam": {"num_samples": 4}}``.
+    ``plan``: called once the pass has run and before any method computes, with a
+    :class:`PlanRow` per method (its extra forwards on this batch and their estimated
+    time, from one timed forward): a chance to show the cost before it is paid.
     """
     check_model(model)
     if errors not in ("raise", "keep"):
@@ -386,8 +401,13 @@ def compare(
         raise ValueError("methods is empty; name at least one, see camlens.available_methods()")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    options = dict(options or {})
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        raise ValueError(f"options name method(s) {unknown} that are not in methods {names}")
     chosen = [
-        create_method(n, **({"batch_size": batch_size} if "batch_size" in _accepted(n) else {}))
+        create_method(n, **{**({"batch_size": batch_size} if "batch_size" in _accepted(n)
+                               else {}), **options.get(n, {})})
         for n in names
     ]
     inputs = check_inputs(inputs, model)
@@ -397,18 +417,32 @@ def compare(
     groups = ([shared] if shared else []) + [[m] for m in chosen if _own_pass(m)]
     out: Comparison | None = None
     results = {}
+    goal = as_target(target)
+    failed: dict[str, ValueError] = {}
     for group in groups:
-        result = run_pass(
-            model, inputs, group, layers, as_target(target), counterfactual=counterfactual,
-            reshape=reshape, eval_mode=eval_mode, batch_size=batch_size, progress=progress,
-            seed=seed,
-        )
+        try:
+            result = run_pass(
+                model, inputs, group, layers, goal, counterfactual=counterfactual,
+                reshape=reshape, eval_mode=eval_mode, batch_size=batch_size, progress=progress,
+                seed=seed,
+            )
+        except ValueError as err:  # this group's pass cannot run (e.g. no ReLU to guide)
+            if errors == "raise":
+                raise
+            failed.update({m.name: err for m in group})
+            continue
         if out is None:
             out = Comparison(_detach(result.output), result.classes, result.layer_names)
         for method in group:
             results[method.name] = (method, result)
-    assert out is not None
+    if out is None:  # no pass could run: every method failed
+        out = Comparison(None, None, [])
+    if plan is not None:
+        plan(_plan_rows([results[m.name] for m in chosen if m.name in results], inputs))
     for method in chosen:
+        if method.name in failed:
+            out[method.name] = failed[method.name]
+            continue
         try:
             _check_counterfactual(method, counterfactual)
             out[method.name] = _finish(method, results[method.name][1], inputs, size, normalize)
@@ -417,6 +451,34 @@ def compare(
                 raise
             out[method.name] = err
     return out
+
+
+class PlanRow(NamedTuple):
+    """What a method will cost on this batch, shown before it starts."""
+
+    method: str
+    forwards: int  # extra forwards of the model, for the whole batch (0: the pass only)
+    seconds: float  # estimated from a timed forward; 0 for methods with no extra forwards
+
+
+def _plan_rows(pairs: list[tuple[Method, PassResult]], inputs: Tensor) -> list[PlanRow]:
+    """Each method's extra forwards on this batch and their estimated time."""
+    rows = []
+    per_forward: float | None = None
+    for method, result in pairs:
+        n = 0
+        try:
+            n = sum(method.forwards(d) for d in result.layers)
+        except ValueError:  # the method will refuse, with its reason, when it runs
+            n = 0
+        seconds = 0.0
+        scorer = result.layers[0].scorer if result.layers else None
+        if n and scorer is not None:
+            if per_forward is None:
+                per_forward = scorer.measure(inputs)
+            seconds = n * per_forward
+        rows.append(PlanRow(method.name, n, seconds))
+    return rows
 
 
 def _own_pass(method: Method) -> bool:

@@ -23,7 +23,11 @@ class ModelGuard:
         self._modes = [(m, m.training) for m in self.model.modules()]
         self._params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
         if self.eval_mode:
-            self.model.eval()
+            try:
+                self.model.eval()
+            except BaseException:  # a module's train(False) raised: leave no module changed
+                self.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(

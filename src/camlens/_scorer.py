@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,26 +19,50 @@ from .targets import find_logits
 
 
 class Progress:
-    """Counts forwards; prints a progress line on stderr when enabled."""
+    """Counts a method's extra forwards: a ``tqdm`` bar on stderr, or a callback.
+
+    ``enabled``: ``True`` shows a bar per method (its name, forwards done, rate and time
+    left), a callable gets ``(done, total)`` of the running method, ``False`` is silent.
+    """
 
     def __init__(self, enabled: bool | Callable[[int, int], None]) -> None:
         self.enabled = enabled
         self.done = 0
         self.total = 0
-        self.started = time.perf_counter()
+        self._bar: Any = None
+
+    @contextmanager
+    def task(self, name: str, total: int) -> Iterator[None]:
+        """One method's forwards: ``total`` is known before the first one runs."""
+        self.done, self.total = 0, int(total)
+        if self.enabled is True and total > 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=f"camlens {name}", unit="fwd", leave=False,
+                             file=sys.stderr, dynamic_ncols=True)
+        try:
+            yield
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
 
     def plan(self, n: int) -> None:
-        self.total += n
+        """Forwards asked for outside a task (a caller using the scorer directly)."""
+        if self._bar is None and self.done >= self.total:
+            self.done, self.total = 0, 0
+        if self.done + n > self.total:
+            self.total = self.done + n
+            if self._bar is not None:
+                self._bar.total = self.total
+                self._bar.refresh()
 
     def advance(self, n: int) -> None:
         self.done += n
-        if callable(self.enabled):
+        if self._bar is not None:
+            self._bar.update(n)
+        elif callable(self.enabled):
             self.enabled(self.done, self.total)
-        elif self.enabled:
-            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
-            end = "\n" if self.done >= self.total else ""
-            sys.stderr.write(f"\rcamlens: {self.done}/{self.total} forwards {rate:.0f}/s{end}")
-            sys.stderr.flush()
 
 
 class Scorer:
@@ -57,14 +83,18 @@ class Scorer:
         eval_mode: bool = True,
         batch_size: int = 64,
         progress: bool | Callable[[int, int], None] = False,
+        num_images: int | None = None,
     ) -> None:
         self.model = model
         self.target = target
         self.classes = classes
+        self.num_images = num_images if num_images is not None else (
+            classes.shape[0] if classes is not None else 1)
         self.eval_mode = eval_mode
         self.batch_size = batch_size
         self.progress = Progress(progress)
         self._fast: nn.Module | None = None
+        self._partial: dict[int, bool] = {}  # layer -> can the model run from it alone
 
     def runner(self) -> nn.Module:
         """The module that runs the perturbed forwards.
@@ -88,13 +118,53 @@ class Scorer:
 
     def _score(self, output: Any, owner: Tensor, softmax: bool = False) -> Tensor:
         if self.classes is not None and softmax:
-            probs = torch.softmax(find_logits(output).float(), dim=1)
+            probs = torch.softmax(_widen(find_logits(output)), dim=1)
             return probs.gather(1, self.classes[owner])
         if self.classes is not None and hasattr(self.target, "scores"):
             return self.target.scores(output, self.classes[owner])
         pick = getattr(self.target, "for_images", None)
-        scores = (pick(owner) if callable(pick) else self.target)(output)
+        if callable(pick):
+            scores = pick(owner)(output)
+        else:
+            scores = self._plain(output, owner)
         return scores.unsqueeze(1) if scores.ndim == 1 else scores
+
+    def _plain(self, output: Any, owner: Tensor) -> Tensor:
+        """Scores of a plain callable target, called as in the gradient pass.
+
+        The contract: the callable always gets an output with one row per explained
+        image, row ``i`` for image ``i``, and image ``i``'s score may depend on row ``i``
+        only. So each perturbed row ``n`` is given to it as a batch of ``B`` copies of
+        itself, and the score of its owner image is kept: a callable that indexes rows by
+        position (``out[torch.arange(B), cls]``) scores every copy with its own image's
+        class, whatever the chunk size.
+        """
+        b = self.num_images
+        rows = []
+        for j in range(owner.shape[0]):
+            value = self.target(_row_as_batch(output, j, b))
+            if not isinstance(value, Tensor) or value.shape[:1] != (b,):
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"the target callable returned {got} for a batch of {b} image(s); it "
+                    f"must return a Tensor (B,) = ({b},) or (B, K), one row per image"
+                )
+            rows.append(value[int(owner[j])])
+        return torch.stack(rows)
+
+    def measure(self, inputs: Tensor) -> float:
+        """Seconds per perturbed forward, from one timed chunk of copies of ``inputs[0]``
+        (after a warm-up chunk); for the cost estimate shown before heavy methods run."""
+        n = max(1, min(self.batch_size, 16))
+        x = inputs[:1].expand(n, *inputs.shape[1:]).clone()
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with ModelGuard(self.model, self.eval_mode), torch.no_grad():
+            model = self.runner()
+            model(x)
+            started = time.perf_counter()
+            model(x)
+            return (time.perf_counter() - started) / n
 
     def chunks(self, n: int) -> Iterator[slice]:
         for start in range(0, n, self.batch_size):
@@ -114,7 +184,8 @@ class Scorer:
                 x = make(part)
                 if x.ndim == 4:  # NHWC convolutions are faster on CPU; same values
                     x = x.contiguous(memory_format=torch.channels_last)
-                out.append(self._score(model(x), owner[part], softmax).float())
+                out.append(_finite(_widen(self._score(model(x), owner[part], softmax)),
+                                   owner[part]))
                 self.progress.advance(part.stop - part.start)
         return torch.cat(out)
 
@@ -156,16 +227,21 @@ class Scorer:
                     current["x"] = make(part)
                     current["calls"] = 0
                     n = part.stop - part.start
-                    try:
-                        result = self.model(inputs)
-                        scores = self._score(result, owners[part])
-                        if scores.shape[0] != n:
-                            raise RuntimeError("batch did not follow the replacement")
-                    except RuntimeError:
+                    scores = None
+                    if self._partial.get(id(layer), True):
+                        try:
+                            result = self.model(inputs)
+                            scores = self._score(result, owners[part])
+                            if scores.shape[0] != n:
+                                raise RuntimeError("batch did not follow the replacement")
+                        except RuntimeError:  # e.g. x.view(inputs.size(0), -1) after it
+                            self._partial[id(layer)] = False  # do not try again
+                            scores = None
+                    if scores is None:
                         current["calls"] = 0
                         result = self.model(inputs.expand(n, *inputs.shape[1:]))
                         scores = self._score(result, owners[part])
-                    out.append(scores.float())
+                    out.append(_finite(_widen(scores), owners[part]))
                     self.progress.advance(n)
         finally:
             handle.remove()
@@ -178,3 +254,40 @@ def _has_hooks(model: nn.Module) -> bool:
         or getattr(m, "_backward_pre_hooks", None)
         for m in model.modules()
     )
+
+
+def _widen(scores: Tensor) -> Tensor:
+    """Scores as float32, or float64 when the model computes in float64 (exact checks)."""
+    return scores if scores.dtype == torch.float64 else scores.float()
+
+
+def _finite(scores: Tensor, owner: Tensor) -> Tensor:
+    """``scores``, or a clear error where a perturbed forward gave NaN or inf."""
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        images = sorted(set(owner[bad.any(dim=1)].tolist()))
+        raise ValueError(
+            f"the model gave a non-finite score (NaN or inf) for a perturbed copy of image(s) "
+            f"{images}; camlens cannot weight channels with it. Check the model for a division "
+            "by zero or an overflow (e.g. float16), or use a gradient method such as 'gradcam'"
+        )
+    return scores
+
+
+def _row_as_batch(output: Any, row: int, batch: int) -> Any:
+    """``output`` with its rows replaced by ``batch`` copies of row ``row`` (views)."""
+    if isinstance(output, Tensor):
+        if output.ndim == 0:
+            return output
+        return output[row : row + 1].expand(batch, *output.shape[1:])
+    if isinstance(output, Mapping):
+        new = copy.copy(output)
+        for key, value in output.items():
+            new[key] = _row_as_batch(value, row, batch)  # type: ignore[index]
+        return new
+    if isinstance(output, list) and output and not isinstance(output[0], Tensor):
+        return [output[row]] * batch  # one entry per image (detectors' list of dicts)
+    if isinstance(output, (tuple, list)):
+        parts = [_row_as_batch(v, row, batch) for v in output]
+        return type(output)(*parts) if hasattr(output, "_fields") else type(output)(parts)
+    return output

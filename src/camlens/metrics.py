@@ -237,23 +237,84 @@ def _box_masks(boxes: Tensor, h: int, w: int, device: torch.device) -> Tensor:
             & (ys >= b[:, 1, None, None]) & (ys < b[:, 3, None, None]))
 
 
-def _object_region(maps: Tensor, objects: Tensor) -> Tensor:
-    """Boolean object masks (B, H, W) from boxes (B, 4) or masks, checked against maps."""
+_OBJECTS_HELP = (
+    "objects are boxes (B, 4) x0, y0, x1, y1, a list of B boxes, a list of B lists of "
+    "boxes (several objects per image), or boolean masks (B, H, W) like the maps"
+)
+
+
+def _object_region(maps: Tensor, objects: Any) -> Tensor:
+    """Boolean object masks (B, H, W) from boxes or masks (see ``_OBJECTS_HELP``), checked
+    against the maps; several boxes of one image make the union of their pixels."""
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
     b, h, w = maps.shape
+    if isinstance(objects, (list, tuple)):
+        return _boxes_per_image(objects, b, h, w, maps.device)
+    try:
+        objects = torch.as_tensor(objects)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"cannot read {type(objects).__name__} as objects; {_OBJECTS_HELP}"
+        ) from None
     if objects.ndim == 3:
-        if objects.shape != maps.shape:
-            raise ValueError(f"masks {tuple(objects.shape)} must match maps {tuple(maps.shape)}")
-        return objects.bool().to(maps.device)
+        if tuple(objects.shape) == tuple(maps.shape):
+            return objects.bool().to(maps.device)
+        hint = ""
+        if objects.shape[-1] == 4:
+            hint = ("; a (B, K, 4) tensor is not read as K boxes per image: pass a list of "
+                    "per-image boxes (objects.tolist()), or squeeze a (B, 1, 4) tensor to "
+                    "(B, 4) (objects[:, 0])")
+        raise ValueError(
+            f"objects of shape {tuple(objects.shape)} are neither masks like the maps "
+            f"{tuple(maps.shape)} nor boxes (B, 4){hint}. {_OBJECTS_HELP}"
+        )
+    if objects.ndim != 2 or objects.shape[1] != 4:
+        raise ValueError(f"objects of shape {tuple(objects.shape)}: {_OBJECTS_HELP}")
+    if objects.shape[0] != b:
+        raise ValueError(f"got {objects.shape[0]} boxes for {b} maps; give one per map")
     return _box_masks(_check_boxes(objects, h, w), h, w, maps.device)
 
 
-def pointing_game(maps: Tensor, objects: Tensor, tolerance: int = 15) -> Tensor:
+def _boxes_per_image(
+    objects: Sequence[Any], b: int, h: int, w: int, device: torch.device
+) -> Tensor:
+    """Masks (B, H, W) from a list of B entries, each one box or a list of boxes."""
+    if len(objects) != b:
+        raise ValueError(
+            f"got {len(objects)} entries of objects for {b} maps: give one per map (a box, "
+            "or a list of boxes); a single box for one map is [[x0, y0, x1, y1]]"
+        )
+    masks = []
+    for i, entry in enumerate(objects):
+        try:
+            if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], Tensor):
+                boxes = torch.stack([e.detach().cpu().float() for e in entry])
+            else:
+                boxes = torch.as_tensor(entry, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"objects[{i}] is not a box or a list of boxes: {entry!r}") from None
+        if boxes.ndim == 1 and boxes.numel() == 4:
+            boxes = boxes[None]
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] == 0:
+            raise ValueError(
+                f"objects[{i}] has shape {tuple(boxes.shape)}; each entry is one box "
+                "x0, y0, x1, y1 or a non-empty list of boxes (leave out images without one; "
+                "masks go in one boolean (B, H, W) tensor)"
+            )
+        masks.append(_box_masks(_check_boxes(boxes, h, w), h, w, device).any(0))
+    return torch.stack(masks)
+
+
+def pointing_game(maps: Tensor, objects: Any, tolerance: int = 15) -> Tensor:
     """Hits (B,) bool: the map's maximum lies within ``tolerance`` pixels of the object.
 
-    ``objects``: boxes (B, 4) or boolean masks (B, H, W). Zhang et al. 2016 (Excitation
-    Backprop), https://arxiv.org/abs/1608.00507
+    ``objects``: boxes (B, 4) (tensor, array or a list of B boxes), a list of B lists of
+    boxes (several objects in an image: a hit on any of them counts), or boolean masks
+    (B, H, W). Boxes are pixel x0, y0, x1, y1, x1 and y1 exclusive. Zhang et al. 2016
+    (Excitation Backprop), https://arxiv.org/abs/1608.00507
+
+    >>> pointing_game(maps, [[10, 10, 50, 60], [[0, 0, 8, 8], [30, 30, 40, 40]]])
     """
     region = _object_region(maps, objects)
     if tolerance > 0:  # grow the object by the tolerance (a disc)
@@ -265,9 +326,13 @@ def pointing_game(maps: Tensor, objects: Tensor, tolerance: int = 15) -> Tensor:
     return region.flatten(1).gather(1, peak[:, None])[:, 0]
 
 
-def energy_pointing_game(maps: Tensor, boxes: Tensor) -> Tensor:
-    """Share (B,) of each map's energy inside its box (Score-CAM paper, sec. 5.2);
-    ``boxes`` (B, 4), or boolean masks (B, H, W) for several objects."""
+def energy_pointing_game(maps: Tensor, boxes: Any) -> Tensor:
+    """Share (B,) of each map's energy inside its box (Score-CAM paper, sec. 5.2):
+    ``sum(map * inside) / sum(map)``, 0 for an all-zero map.
+
+    ``boxes``: as ``objects`` of :func:`pointing_game`: boxes (B, 4), a list of B boxes, a
+    list of B lists of boxes (energy inside their union), or boolean masks (B, H, W).
+    """
     inside = _object_region(maps, boxes)
     total = maps.flatten(1).sum(1)
     energy = (maps * inside).flatten(1).sum(1)

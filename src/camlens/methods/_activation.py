@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._registry import register_method
+from .._registry import Flag, register_method
 from ._base import LayerData, Method, first_principal_projection
 
 
@@ -52,6 +52,7 @@ class EigenCAM(Method):
 
     needs_gradients = False
     class_specific = False
+    options = {"center": Flag()}
 
     def __init__(self, center: bool = False) -> None:
         self.center = bool(center)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from .._registry import Rule
     from .._scorer import Scorer
 
 
@@ -52,9 +53,14 @@ class Method:
     over images; the engine gives it what its class attributes ask for. Methods that weight
     channels implement :meth:`channel_weights` (B, K, C); methods that weight elements
     implement :meth:`weighted` (B, K, C, *S). Either gives ``eigen_smooth`` for free.
+
+    ``options`` gives one rule per ``__init__`` option (``Real``, ``Count``, ``Flag``,
+    ``Choice``, ``Ranks`` from ``camlens._registry``); the registry checks what users
+    pass against them before building the method, so ``__init__`` only stores values.
     """
 
     name: ClassVar[str] = ""
+    options: ClassVar[dict[str, Rule]] = {}
     needs_gradients: ClassVar[bool] = True
     needs_classifier: ClassVar[bool] = False
     needs_hessian: ClassVar[bool] = False
@@ -64,9 +70,15 @@ class Method:
     needs_layer: ClassVar[bool] = True
     class_specific: ClassVar[bool] = True
     supports_counterfactual: ClassVar[bool] = True
+    # heavy: many forwards per image (thousands); left out of the CLI's `all`
+    heavy: ClassVar[bool] = False
 
     def channel_weights(self, data: LayerData) -> Tensor:
         raise NotImplementedError
+
+    def forwards(self, data: LayerData) -> int:
+        """Extra forwards of the model this method runs for ``data``'s batch (0: none)."""
+        return 0
 
     def weighted(self, data: LayerData) -> Tensor:
         """Weighted activations (B, K, C, *S), whose channel sum is the map before ReLU."""

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._postprocess import upsample
-from .._registry import register_method
+from .._registry import Choice, Count, Ranks, Real, register_method
 from ..targets import find_logits
 from ._base import LayerData, Method, minmax, spatial_mean
 
@@ -44,6 +44,7 @@ class FullGrad(Method):
 
     needs_input_gradients = True
     supports_counterfactual = False
+    options = {"eps": Real(0)}
 
     def __init__(self, eps: float = 0.0) -> None:
         self.eps = float(eps)
@@ -74,8 +75,9 @@ class FullGrad(Method):
             bias = _bias(d.layer[1]).to(d.gradients.dtype)
             shaped = bias.view(1, 1, -1, *([1] * d.spatial_ndim))
             part = minmax((d.gradients * shaped).abs(), 3, self.eps)  # (B, K, C, *S)
-            b, k, c = part.shape[:3]
-            total = total + upsample(part.flatten(1, 2), size).view(b, k, c, *size).sum(2)
+            # upsampling is linear: summing the channels first, then upsampling once, is
+            # the same as upsampling every channel (C times less work and memory)
+            total = total + upsample(part.sum(2), size)
         return [total]
 
 
@@ -100,11 +102,13 @@ class FEM(Method):
     """FEM: channels weighted by the share of their locations above ``mean + k * std``.
 
     ``w_k = mean_ij [A_k[ij] > mean(A_k) + k std(A_k)]``, ``M = ReLU(sum_k w_k A_k)``;
-    class-agnostic. Fuad et al., IPTA 2020, https://hal.science/hal-02963298
+    class-agnostic. Fuad et al., IPTA 2020, https://hal.science/hal-02963298 (``k = 2``);
+    ``k >= 0``: the locations that stand out above the channel's mean.
     """
 
     needs_gradients = False
     class_specific = False
+    options = {"k": Real(0)}
 
     def __init__(self, k: float = 2.0) -> None:
         self.k = float(k)
@@ -142,14 +146,25 @@ class FinerCAM(Method):
     Score ``s = sum_j p_j (y_c - alpha y_j) / sum_j p_j`` over the classes ``j`` whose logits
     are nearest the target's (ranks ``comparison``, 1 = the nearest), ``p`` the softmax;
     then Grad-CAM of ``s``. Zhang et al. 2025, https://arxiv.org/abs/2501.11309
-    (as pytorch-grad-cam's ``FinerCAM`` with its ``FinerWeightedTarget``).
+    (as the authors' code and pytorch-grad-cam's ``FinerCAM`` with its
+    ``FinerWeightedTarget``, which add 1e-9 to ``sum_j p_j``; so do we).
+
+    ``alpha`` is the paper's comparison strength ``gamma``: 0 gives Grad-CAM of ``y_c``, 1
+    the plain logit margins; larger values stress the differences further; negative ones
+    would add the similar classes' evidence and are refused. ``weighting="mean"`` averages
+    the margins instead, ``s = y_c - alpha mean_j y_j``: torchcam's ``FinerCAM`` (and the
+    authors' ``FinerDefaultTarget``); ``alpha=0.6, weighting="mean"`` with the default
+    ranks (1, 2, 3) reproduces torchcam's defaults (``gamma=0.6, num_references=3``).
     """
 
-    def __init__(self, alpha: float = 1.0, comparison: tuple[int, ...] = (1, 2, 3)) -> None:
-        if not comparison or any(int(r) < 1 for r in comparison):
-            raise ValueError(f"comparison ranks must be >= 1, got {comparison!r}")
+    options = {"alpha": Real(0), "comparison": Ranks(),
+               "weighting": Choice("softmax", "mean")}
+
+    def __init__(self, alpha: float = 1.0, comparison: tuple[int, ...] = (1, 2, 3),
+                 weighting: str = "softmax") -> None:
         self.alpha = float(alpha)
         self.comparison = tuple(int(r) for r in comparison)
+        self.weighting = weighting
 
     def transform_scores(self, output: Any, classes: Tensor | None) -> Tensor:
         if classes is None:
@@ -161,13 +176,16 @@ class FinerCAM(Method):
             raise ValueError(f"finercam needs more than {n} classes to compare with")
         target = logits.gather(1, classes)  # (B, K)
         distance = (logits.detach().unsqueeze(1) - target.detach().unsqueeze(2)).abs()
-        order = distance.argsort(dim=2)  # (B, K, n): the target itself first
+        distance.scatter_(2, classes.unsqueeze(2), -1.0)  # the target itself first, even on ties
+        order = distance.argsort(dim=2)  # (B, K, n)
         similar = order[:, :, ranks]  # (B, K, R)
+        y = logits.gather(1, similar.flatten(1)).view_as(similar)
+        margins = target.unsqueeze(2) - self.alpha * y  # (B, K, R)
+        if self.weighting == "mean":
+            return margins.mean(2)
         probs = torch.softmax(logits, dim=1)
         p = probs.gather(1, similar.flatten(1)).view_as(similar)
-        y = logits.gather(1, similar.flatten(1)).view_as(similar)
-        num = (p * (target.unsqueeze(2) - self.alpha * y)).sum(2)
-        return num / (p.sum(2) + 1e-9)
+        return (p * margins).sum(2) / (p.sum(2) + 1e-9)
 
     def channel_weights(self, data: LayerData) -> Tensor:
         assert data.gradients is not None
@@ -186,9 +204,9 @@ class SmoothGradCAMPlusPlus(Method):
     instead of the mean; we follow the paper.
     """
 
+    options = {"num_samples": Count(1), "std": Real(0)}
+
     def __init__(self, num_samples: int = 4, std: float = 0.3) -> None:
-        if num_samples < 1 or std < 0:
-            raise ValueError(f"need num_samples >= 1 and std >= 0, got {num_samples}, {std}")
         self.noise_samples = int(num_samples)
         self.noise_std = float(std)
 
@@ -214,15 +232,17 @@ class KPCACAM(Method):
     first component (scaled by the square root of its eigenvalue, as scikit-learn's
     ``KernelPCA.fit_transform``); the sign follows the channel sum. Karmani et al. 2024,
     https://arxiv.org/abs/2410.00267. Batched ``torch.linalg.eigh``, no scikit-learn.
+    NaN activations count as 0 and +-inf as the dtype's largest finite values, as in
+    Eigen-CAM (``torch.nan_to_num``), so both give finite maps where a layer overflows.
     """
 
     needs_gradients = False
     class_specific = False
+    options = {"kernel": Choice("sigmoid", "rbf", "linear", "poly", "cosine"),
+               "gamma": Real(0, low_open=True, none=True), "coef0": Real()}
 
     def __init__(self, kernel: str = "sigmoid", gamma: float | None = None,
                  coef0: float = 1.0) -> None:
-        if kernel not in ("sigmoid", "rbf", "linear", "poly", "cosine"):
-            raise ValueError(f"unknown kernel {kernel!r}; use sigmoid, rbf, linear, poly, cosine")
         self.kernel, self.gamma, self.coef0 = kernel, gamma, float(coef0)
 
     def _kernel(self, x: Tensor) -> Tensor:
@@ -243,7 +263,8 @@ class KPCACAM(Method):
     def compute(self, data: LayerData) -> Tensor:
         a = data.activations
         b, c = a.shape[:2]
-        rows = a.flatten(2).transpose(1, 2).double()  # (B, P, C)
+        # non-finite values as in first_principal_projection (Eigen-CAM), in a's dtype
+        rows = torch.nan_to_num(a.flatten(2).transpose(1, 2)).double()  # (B, P, C)
         rows = rows - rows.mean(1, keepdim=True)
         k = self._kernel(rows)
         ones = torch.full_like(k, 1.0 / k.shape[1])
@@ -251,7 +272,8 @@ class KPCACAM(Method):
         vals, vecs = torch.linalg.eigh(kc)
         proj = vecs[:, :, -1] * vals[:, -1:].clamp_min(0).sqrt()  # (B, P)
         sign = torch.where((proj * rows.sum(-1)).sum(-1) < 0, -1.0, 1.0).to(proj)
-        proj = torch.relu(proj * sign[:, None]).to(a.dtype).view(b, *a.shape[2:])
+        proj = torch.relu(proj * sign[:, None]).clamp_max(torch.finfo(a.dtype).max)
+        proj = proj.to(a.dtype).view(b, *a.shape[2:])
         return proj.unsqueeze(1).expand(-1, data.num_targets, *proj.shape[1:])
 
 

@@ -6,10 +6,12 @@ Every method here receives the layer's activations ``A`` (B, C, *S) and the grad
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from .._registry import register_method
+from .._registry import Flag, Real, register_method
 from ._base import LayerData, Method, first_principal_projection, safe_divide
 
 
@@ -56,9 +58,9 @@ class GradCAMPlusPlus(Method):
     ``eps=1e-6`` reproduces pytorch-grad-cam.
     """
 
+    options = {"eps": Real(0)}
+
     def __init__(self, eps: float = 0.0) -> None:
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
         self.eps = float(eps)
 
     def channel_weights(self, data: LayerData) -> Tensor:
@@ -69,17 +71,62 @@ class GradCAMPlusPlus(Method):
 class XGradCAM(Method):
     """XGrad-CAM: gradients weighted by each channel's share of its own activation.
 
-    ``w_k = sum_ij (A_k[ij] / sum_ab A_k[ab]) dy/dA_k[ij]``, ``M = ReLU(sum_k w_k A_k)``;
-    a channel whose activations sum to 0 gets weight 0.
-    Fu et al., BMVC 2020, https://arxiv.org/abs/2008.02312
-    (pytorch-grad-cam adds 1e-7 to the sum instead.)
+    ``w_k = sum_ij A_k[ij] / (sum_ab A_k[ab] + eps) * dy/dA_k[ij]``, ``M = ReLU(sum_k w_k A_k)``;
+    a channel whose denominator is 0 gets weight 0. Fu et al., BMVC 2020,
+    https://arxiv.org/abs/2008.02312 (``eps=0``, the default); ``eps=1e-7`` reproduces
+    pytorch-grad-cam.
+
+    The shares assume non-negative activations (a layer after a ReLU). A ``UserWarning``
+    says when the division is ill-conditioned: a channel with ``|sum A + eps| < 1e-3 *
+    sum |A|`` (its share, so its weight, can be over 1000 times a one-signed channel's,
+    float32 rounding of its sum included; LayerNorm, Hardswish or BatchNorm outputs), or
+    an ``eps`` above 1e-3 times the median channel's ``sum |A|`` (``eps``, not the sums,
+    then sets the weights: MobileNetV3 with random weights has sums of 1e-10, against
+    pytorch-grad-cam's 1e-7). Prefer a layer after a ReLU, or ``gradcam`` / ``layercam``,
+    which do not divide.
     """
 
+    options = {"eps": Real(0)}
+    #: |sum A + eps| below this fraction of sum |A| makes a channel's share ill-conditioned
+    cancellation = 1e-3
+
+    def __init__(self, eps: float = 0.0) -> None:
+        self.eps = float(eps)
+
     def channel_weights(self, data: LayerData) -> Tensor:
-        a = data.activations
-        sums = a.flatten(2).sum(dim=-1)  # (B, C)
-        share = safe_divide(a.flatten(2), sums.unsqueeze(-1))  # (B, C, P)
+        a = data.activations.flatten(2)  # (B, C, P)
+        den = a.sum(dim=-1) + self.eps  # (B, C)
+        self._check_conditioning(den, a.abs().sum(dim=-1))
+        share = safe_divide(a, den.unsqueeze(-1))  # (B, C, P)
         return (_grads(data).flatten(3) * share.unsqueeze(1)).sum(dim=-1)  # (B, K, C)
+
+    def _check_conditioning(self, den: Tensor, magnitude: Tensor) -> None:
+        """Warn where ``A / (sum A + eps)`` is ill-conditioned or ``eps`` swamps the sums."""
+        tol = self.cancellation
+        bad = (den.abs() < tol * magnitude) & (magnitude > 0)
+        if bool(bad.any()):
+            worst = float((den.abs() / magnitude)[bad].min())
+            warnings.warn(
+                f"xgradcam: {int(bad.sum())} of the {den.numel()} channel sums (images x "
+                f"channels) nearly cancel, |sum A + eps| down to {worst:.1e} x sum |A|. "
+                "XGrad-CAM divides by these sums, which assumes non-negative activations: "
+                f"these channels are amplified up to {1 / max(worst, 1e-300):.0e} times and "
+                "rounding errors with them. Use a layer after a ReLU, method='gradcam' or "
+                "'layercam' (no division), or an eps larger than these sums",
+                UserWarning,
+                stacklevel=3,
+            )
+        alive = magnitude[magnitude > 0]
+        if self.eps > 0 and alive.numel() and self.eps > tol * float(alive.median()):
+            warnings.warn(
+                f"xgradcam: eps={self.eps:g} is not negligible against this layer's channel "
+                f"sums (median sum |A| {float(alive.median()):.1e}): eps, not the sums, sets "
+                "the weights, so the map is not XGrad-CAM's (eps=1e-7 reproduces "
+                "pytorch-grad-cam). Use a layer after a ReLU, or method='gradcam' or "
+                "'layercam', which do not divide",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 @register_method("hirescam")
@@ -138,6 +185,8 @@ class EigenGradCAM(Method):
     ``center=True`` subtracts the per-channel mean first, as pytorch-grad-cam does;
     the sign is fixed so the map agrees with ``sum_k G_k A_k`` (SVD's sign is arbitrary).
     """
+
+    options = {"center": Flag()}
 
     def __init__(self, center: bool = False) -> None:
         self.center = bool(center)

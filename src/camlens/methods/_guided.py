@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._postprocess import upsample
-from .._registry import register_method
+from .._registry import Choice, Flag, register_method
 from ._base import LayerData, Method
 from ._gradient import GradCAM
 
@@ -31,6 +32,7 @@ class GuidedBackprop(Method):
     needs_input_gradients = True
     guided = True
     needs_layer = False
+    options = {"channels": Flag()}
 
     def __init__(self, channels: bool = False) -> None:
         self.channels = bool(channels)
@@ -47,17 +49,27 @@ class GuidedGradCAM(Method):
     ``G_guided * Up(ReLU(sum_k mean(dy/dA_k) A_k))`` (Selvaraju et al. 2017, sec. 3.1);
     the Grad-CAM part uses ordinary gradients, the guided part guided ReLUs. The map is
     ``max_c |.|`` per pixel; ``channels=True`` keeps the colour channels, as captum's
-    ``GuidedGradCam`` returns them.
+    ``GuidedGradCam`` returns them. ``Up`` is (bi/tri)linear (``interpolate="bilinear"``,
+    the paper's, ``align_corners=False``); ``interpolate="nearest"`` repeats each cell of
+    the Grad-CAM map (``F.interpolate(mode="nearest")``), as captum's default
+    ``interpolate_mode="nearest"`` does.
     """
 
     needs_gradients = True
     needs_input_gradients = True
     guided = True
+    options = {"channels": Flag(), "interpolate": Choice("bilinear", "nearest")}
 
-    def __init__(self, channels: bool = False) -> None:
+    def __init__(self, channels: bool = False, interpolate: str = "bilinear") -> None:
         self.channels = bool(channels)
+        self.interpolate = interpolate
 
     def compute(self, data: LayerData) -> Tensor:
         assert data.input_gradients is not None and data.gradients is not None
-        cam = upsample(GradCAM().compute(data), data.input_gradients.shape[3:])
+        cam = GradCAM().compute(data)
+        size = data.input_gradients.shape[3:]
+        if self.interpolate == "nearest":
+            cam = F.interpolate(cam, size=tuple(size), mode="nearest")
+        else:
+            cam = upsample(cam, size)
         return _reduce(data.input_gradients * cam.unsqueeze(2), self.channels)

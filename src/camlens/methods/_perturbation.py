@@ -13,13 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._postprocess import _MODES
-from .._registry import register_method
+from .._registry import Choice, Count, Flag, Real, register_method
 from ._base import LayerData, Method, minmax
-
-
-def _check_batch(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
 
 
 def _upsample(x: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
@@ -67,11 +62,11 @@ class _ScoreBase(Method):
     needs_gradients = False
     needs_scorer = True
 
+    options = {"batch_size": Count(1), "mask_order": Choice("upsample", "normalize"),
+               "align_corners": Flag()}
+
     def __init__(self, batch_size: int = 32, mask_order: str = "upsample",
                  align_corners: bool = False) -> None:
-        _check_batch(batch_size)
-        if mask_order not in ("upsample", "normalize"):
-            raise ValueError(f"mask_order must be 'upsample' or 'normalize', got {mask_order!r}")
         self.batch_size = batch_size
         self.mask_order = mask_order
         self.align_corners = bool(align_corners)
@@ -85,6 +80,11 @@ class _ScoreBase(Method):
             return score_masks(data.activations, size, self.mask_order, self.align_corners)
         picked = data.activations[owners, channels].unsqueeze(1)  # (N, 1, *S)
         return score_masks(picked, size, self.mask_order, self.align_corners)[:, 0]
+
+    def forwards(self, data: LayerData) -> int:
+        """One forward per distinct masked input: per image, its channels with distinct
+        normalised maps (a dead channel, or two equal maps, cost one forward)."""
+        return len(_unique_channels(data.activations)[0]) * getattr(self, "num_samples", 1)
 
     def _channel_scores(self, data: LayerData, scale: float = 1.0) -> Tensor:
         """Scores (B, K, C) of ``scale * masks[b, c] * x[b]`` for every image and channel.
@@ -130,38 +130,43 @@ class SSCAM(_ScoreBase):
 
     ``w_k = softmax_k(1/N sum_i y(X * (H_k + n_i)))``, ``n_i ~ N(0, std^2)`` per pixel.
     Wang et al. 2020, https://arxiv.org/abs/2006.14255. Defaults follow torchcam
-    (N = 35, std = 2.0, masks normalised before upsampling); seeded by ``seed``.
+    (N = 35, std = 2.0, masks normalised before upsampling); seeded by ``seed``. Channels
+    whose masks are equal (dead channels) share their noise, so they run once (exact).
+    Heavy: ``N`` forwards per distinct channel and image (35 x 1280 at most on
+    EfficientNet-Lite0's last layer).
     """
+
+    heavy = True
+
+    options = {**_ScoreBase.options, "num_samples": Count(1), "std": Real(0)}
 
     def __init__(self, batch_size: int = 32, num_samples: int = 35, std: float = 2.0,
                  mask_order: str = "normalize", align_corners: bool = False) -> None:
         super().__init__(batch_size, mask_order, align_corners)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.num_samples = int(num_samples)
         self.std = float(std)
 
     def channel_weights(self, data: LayerData) -> Tensor:
         assert data.scorer is not None and data.inputs is not None
-        masks = self._masks(data)
         x = data.inputs
-        b, c = masks.shape[:2]
-        owners = torch.arange(b, device=x.device).repeat_interleave(c)
-        flat = masks.flatten(0, 1)
+        b, c = data.activations.shape[:2]
+        # Channels with equal masks share their noise draws too (each channel still gets
+        # N(mask, std^2) per pixel), so their noisy inputs are equal and run once (exact).
+        owners, channels, inverse = _unique_channels(data.activations)
+        masks = self._masks(data, owners, channels)  # (U, *S)
         g = torch.Generator(device="cpu").manual_seed(data.seed)
         total = None
         data.scorer.batch_size = self.batch_size
         for _ in range(self.num_samples):  # one draw per channel mask, shared by the images
-            noise = torch.randn(masks.shape[1:], generator=g).to(flat) * self.std
-            noise = noise.repeat(b, *([1] * (noise.ndim - 1)))
+            noise = torch.randn((c, *masks.shape[1:]), generator=g).to(masks)[channels] * self.std
 
             def make(part: slice, noise: Tensor = noise) -> Tensor:
-                return x[owners[part]] * (flat[part] + noise[part]).unsqueeze(1)
+                return x[owners[part]] * (masks[part] + noise[part]).unsqueeze(1)
 
-            s = data.scorer.scores(make, owners)
+            s = data.scorer.scores(make, owners)  # (U, K)
             total = s if total is None else total + s
         assert total is not None
-        scores = (total / self.num_samples).view(b, c, -1).permute(0, 2, 1)
+        scores = (total / self.num_samples)[inverse].permute(0, 2, 1)  # (B, K, C)
         return torch.softmax(-scores if data.counterfactual else scores, dim=-1)
 
 
@@ -171,14 +176,17 @@ class ISCAM(_ScoreBase):
 
     ``w_k = softmax_k(1/N sum_{i=1..N} y(X * (sum_{j<=i} j/N) H_k))``.
     Naidu et al. 2020, https://arxiv.org/abs/2010.03023. Defaults follow torchcam
-    (N = 10, masks normalised before upsampling).
+    (N = 10, masks normalised before upsampling). Heavy: ``N`` forwards per distinct
+    channel and image.
     """
+
+    heavy = True
+
+    options = {**_ScoreBase.options, "num_samples": Count(1)}
 
     def __init__(self, batch_size: int = 32, num_samples: int = 10,
                  mask_order: str = "normalize", align_corners: bool = False) -> None:
         super().__init__(batch_size, mask_order, align_corners)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.num_samples = int(num_samples)
 
     def channel_weights(self, data: LayerData) -> Tensor:
@@ -200,16 +208,24 @@ class AblationCAM(Method):
     Desai & Ramaswamy, WACV 2020, https://doi.org/10.1109/WACV45572.2020.9093360.
     Only the part of the model after the layer runs once per ablation: the part before it
     runs once per chunk (exact; the image is repeated instead where a model cannot run
-    that way). pytorch-grad-cam ablates with a very negative value when a layer can be
-    negative; we zero, as the paper does.
+    that way). A channel that is zero everywhere is not run: zeroing it changes nothing,
+    so its weight is exactly 0. pytorch-grad-cam ablates with a very negative value when a
+    layer can be negative; we zero, as the paper does.
     """
 
     needs_gradients = False
     needs_scorer = True
 
+    options = {"batch_size": Count(1)}
+
     def __init__(self, batch_size: int = 32) -> None:
-        _check_batch(batch_size)
         self.batch_size = batch_size
+
+    def forwards(self, data: LayerData) -> int:
+        """Per image: the unablated layer output and one ablation per channel that is not
+        all zero (zeroing a zero channel changes nothing: its weight is exactly 0)."""
+        live = data.activations.flatten(2).ne(0).any(dim=-1)  # (B, C)
+        return int(live.sum()) + data.activations.shape[0]
 
     def channel_weights(self, data: LayerData) -> Tensor:
         assert data.scorer is not None and data.inputs is not None and data.layer is not None
@@ -219,21 +235,26 @@ class AblationCAM(Method):
         scorer.batch_size = self.batch_size
         acts = data.activations
         b, c = acts.shape[:2]
+        live = acts.flatten(2).ne(0).any(dim=-1)  # (B, C): channels whose ablation matters
         weights = []
         for i in range(b):
-            # item 0 is the layer output itself, items 1..C ablate one channel each: the
-            # score y and the y_k come from the very same computation, rounding included
-            def make(part: slice, i: int = i) -> Tensor:
+            channels = torch.nonzero(live[i]).flatten()
+
+            # item 0 is the layer output itself, item j ablates channels[j - 1]: the score
+            # y and the y_k come from the very same computation, rounding included
+            def make(part: slice, i: int = i, channels: Tensor = channels) -> Tensor:
                 idx = torch.arange(part.start, part.stop, device=acts.device)
                 out = acts[i].expand(len(idx), *acts.shape[1:]).clone()
                 rows = torch.nonzero(idx > 0).flatten()
-                out[rows, idx[rows] - 1] = 0
+                out[rows, channels[idx[rows] - 1]] = 0
                 return out
 
             scores = scorer.with_layer_output(data.layer[1], data.inputs[i : i + 1], make, i,
-                                              c + 1, call=data.layer_call)
+                                              len(channels) + 1, call=data.layer_call)
             base, ablated = scores[0], scores[1:]
-            weights.append((base - ablated) / base)  # (C, K)
+            w = scores.new_zeros(c, scores.shape[1])  # (C, K); zero channels weigh 0
+            w[channels] = (base - ablated) / base
+            weights.append(w)
         w = torch.stack(weights).permute(0, 2, 1)
         return -w if data.counterfactual else w
 
@@ -252,14 +273,17 @@ class RISE(Method):
     needs_gradients = False
     needs_scorer = True
     needs_layer = False
+    heavy = True
+
+    def forwards(self, data: LayerData) -> int:
+        assert data.inputs is not None
+        return data.inputs.shape[0] * self.n_masks
+
+    options = {"n_masks": Count(1), "grid": Count(1), "p": Real(0, 1, low_open=True),
+               "batch_size": Count(1)}
 
     def __init__(self, n_masks: int = 4000, grid: int = 7, p: float = 0.5,
                  batch_size: int = 32) -> None:
-        _check_batch(batch_size)
-        if n_masks < 1 or grid < 1 or not 0 < p <= 1:
-            raise ValueError(
-                f"need n_masks >= 1, grid >= 1 and 0 < p <= 1; got {n_masks}, {grid}, {p}"
-            )
         self.n_masks, self.grid, self.p = int(n_masks), int(grid), float(p)
         self.batch_size = batch_size
 

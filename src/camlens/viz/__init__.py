@@ -1,7 +1,7 @@
 """Pictures: colormaps, overlays, comparison grids and safe image I/O (needs Pillow)."""
 
 from ._colormaps import available_colormaps, colormap
-from ._compose import compose_grid, grid, overlay
+from ._compose import compose_grid, compose_rows, grid, overlay
 from ._image import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -20,6 +20,7 @@ __all__ = [
     "available_colormaps",
     "colormap",
     "compose_grid",
+    "compose_rows",
     "from_array",
     "grid",
     "load_image",

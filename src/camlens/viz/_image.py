@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image into an RGB uint8 array (H, W, 3).
 
     Accepts a path, a PIL image, a numpy array (HWC or HW; uint8, uint16 or float in
-    [0, 1]) or a tensor (CHW or HW; float in [0, 1] or uint8). EXIF orientation is applied,
+    [0, 1]) or a tensor (CHW, HWC or HW; float in [0, 1] or uint8; channels-first when the
+    first axis is 1, 3 or 4, else channels-last). EXIF orientation is applied,
     transparency is composited on white, grayscale is repeated, 16-bit is scaled to 8-bit.
     Raises :class:`ImageError` for unreadable, non-image, truncated or too large files.
     """
@@ -42,15 +44,43 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if isinstance(source, Image.Image):
         return _from_pil(source, max_pixels)
     if type(source).__module__.startswith("torch"):
-        arr = source.detach().cpu()
-        if arr.ndim == 3:
-            arr = arr.permute(1, 2, 0)
-        return from_array(arr.numpy())
+        return from_array(_tensor_to_hwc(source))
     if isinstance(source, np.ndarray):
         return from_array(source)
     raise TypeError(
         f"cannot read an image from {type(source).__name__}; give a path, a PIL image, a "
-        "numpy array (H, W, 3) or a tensor (3, H, W)"
+        "numpy array (H, W, 3) or a tensor (3, H, W) or (H, W, 3)"
+    )
+
+
+_CHANNELS = (1, 3, 4)
+
+
+def _tensor_to_hwc(tensor: Any) -> np.ndarray:
+    """A tensor (H, W), (C, H, W) or (H, W, C) with C in 1, 3, 4 -> numpy (H, W[, C]).
+
+    The channel axis is the first one when its size is 1, 3 or 4 (torch's layout wins when
+    both fit: a (3, 4, 3) tensor is a 4 x 3 picture), else the last one when its size is.
+    """
+    import torch
+
+    t = tensor.detach().cpu()
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        t = t.float()  # numpy has no bfloat16
+    shape = tuple(t.shape)
+    if t.ndim == 3 and shape[0] in _CHANNELS:
+        return t.permute(1, 2, 0).numpy()
+    if t.ndim == 2 or (t.ndim == 3 and shape[2] in _CHANNELS):
+        return t.numpy()
+    if t.ndim == 4:
+        hint = "that is a batch; pass one image, e.g. x[0]"
+    elif t.ndim == 3:
+        hint = "no axis of size 1, 3 or 4 at either end holds the channels"
+    else:
+        hint = f"{t.ndim} dimensions"
+    raise ValueError(
+        f"expected an image tensor (3, H, W) or (H, W, 3) (1 or 4 channels, or (H, W) "
+        f"grey, also work), got {shape}: {hint}"
     )
 
 
@@ -59,7 +89,9 @@ def _open(path: Path, max_pixels: int) -> Any:
     if path.is_dir():
         raise ImageError(f"{path} is a directory, not an image")
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # the pixel limit below says it in our words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except PermissionError:
@@ -143,14 +175,51 @@ def from_array(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`Picture` in it (also in lists, tuples) as a plain array."""
+    if isinstance(value, Picture):
+        return value.view(np.ndarray)
+    if type(value) in (list, tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 class Picture(np.ndarray):
     """An RGB uint8 array (H, W, 3) that shows itself as a picture in Jupyter.
 
-    It is a plain numpy array otherwise; :meth:`save` writes it atomically.
+    ``size`` is ``(width, height)`` as in PIL (``shape`` stays numpy's); :meth:`save` writes
+    it atomically, :meth:`to_pil` gives a PIL image. Anything computed from it (slices,
+    arithmetic, comparisons, numpy functions, ``reshape``, ``astype``) is a plain array, so
+    numpy never meets the PIL-style ``size``.
+
+    >>> pic = Picture(np.zeros((300, 451, 3), np.uint8))
+    >>> pic.size, pic.shape
+    ((451, 300), (300, 451, 3))
     """
 
-    def __new__(cls, array: np.ndarray) -> Picture:
-        return np.asarray(array, dtype=np.uint8).view(cls)
+    def __new__(cls, array: Any) -> Picture:
+        arr = np.asarray(array, dtype=np.uint8)
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"a picture is (H, W, 3) or (H, W), got shape {arr.shape}")
+        return arr.view(cls)
+
+    @property  # type: ignore[override]
+    def size(self) -> tuple[int, int]:  # type: ignore[override]
+        """(width, height) in pixels, as PIL's ``Image.size``; ``np.asarray(p).size``
+        counts the elements."""
+        return int(self.shape[1]), int(self.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.shape[0])
+
+    def to_pil(self) -> Any:
+        """A PIL image (a copy) of this picture."""
+        return _pil().fromarray(np.ascontiguousarray(self.view(np.ndarray)))
 
     def _repr_png_(self) -> bytes:
         return encode_png(np.asarray(self))
@@ -158,6 +227,44 @@ class Picture(np.ndarray):
     def save(self, path: str | os.PathLike[str], compress_level: int = 1) -> Path:
         """Write a PNG (or any format by suffix) atomically: whole, or not at all."""
         return save_image(np.asarray(self), path, compress_level=compress_level)
+
+    # Results are plain arrays: a slice or a reshaped copy is not a picture any more.
+    def __getitem__(self, key: Any) -> Any:
+        return self.view(np.ndarray)[key]
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = _plain(out)
+        result = getattr(ufunc, method)(*_plain(inputs), **kwargs)
+        if out is not None and method == "__call__":  # in place: keep the caller's object
+            return out[0] if len(out) == 1 else out
+        return result
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return func(*_plain(args), **{k: _plain(v) for k, v in kwargs.items()})
+
+    def reshape(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.view(np.ndarray).reshape(*args, **kwargs)
+
+    def astype(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.view(np.ndarray).astype(*args, **kwargs)
+
+    def ravel(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.view(np.ndarray).ravel(*args, **kwargs)
+
+    def flatten(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.view(np.ndarray).flatten(*args, **kwargs)
+
+    def transpose(self, *axes: Any) -> Any:  # type: ignore[override]
+        return self.view(np.ndarray).transpose(*axes)
+
+    def squeeze(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.view(np.ndarray).squeeze(*args, **kwargs)
+
+    @property
+    def T(self) -> Any:  # type: ignore[override]
+        return self.view(np.ndarray).T
 
 
 def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:

@@ -1,0 +1,163 @@
+"""The ``camlens`` command: explain images, evaluate maps, run the demo, list methods."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import __version__
+from .._registry import available_methods, describe, method_class
+from ..models import DEFAULT_MODEL, available_models
+from ._common import METHOD_GROUPS, CliError, model_options, output_folder, positive
+from ._evaluate import EVAL_METRICS, QUICK_METRICS, cmd_evaluate
+from ._explain import cmd_explain
+
+DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+EVAL_METHODS = "gradcam,gradcam++,layercam,hirescam,eigencam"
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``camlens`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except CliError as err:
+        print(f"camlens: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camlens: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camlens", description="Where does a vision model look?")
+    p.add_argument("--version", action="version", version=f"camlens {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+    groups = "; ".join(f"'{k}': {v}" for k, v in METHOD_GROUPS.items())
+
+    e = sub.add_parser("explain", help="explain images: overlays, grids, raw maps, summary.json")
+    e.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
+    model_options(e, DEFAULT_MODEL)
+    e.add_argument("--method", default="gradcam",
+                   help=f"comma-separated method names and groups ({groups}); "
+                        "default: gradcam")
+    e.add_argument("--layer", default=None, help="layer name (default: picked automatically)")
+    e.add_argument("--target", default="top1",
+                   help="top1, topK (e.g. top5: one grid with a row per class), a class id "
+                        "or a class name (default: top1)")
+    e.add_argument("--counterfactual", action="store_true",
+                   help="negated gradients: what argues against the class")
+    _option_flag(e)
+    e.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
+    _picture_options(e)
+    e.set_defaults(func=cmd_explain)
+
+    d = sub.add_parser("demo", help="explain the photos that ship with scikit-image")
+    d.add_argument("--out", default="camlens-demo", help="output folder (default: camlens-demo)")
+    d.add_argument("--method", default=",".join(DEMO_METHODS))
+    model_options(d, DEFAULT_MODEL)
+    _picture_options(d)
+    d.set_defaults(func=_cmd_demo, target="top1", layer=None, counterfactual=False, option=None)
+
+    ev = sub.add_parser("evaluate", help="score methods' maps: a methods x metrics table")
+    ev.add_argument("paths", nargs="+", metavar="IMAGES")
+    model_options(ev, DEFAULT_MODEL)
+    ev.add_argument("--method", default=EVAL_METHODS,
+                    help=f"comma-separated method names and groups ({groups}); "
+                         f"default: {EVAL_METHODS}")
+    ev.add_argument("--metric", default="quick",
+                    help=f"comma-separated metrics, 'quick' (default: {', '.join(QUICK_METRICS)}"
+                         " and, with --annotations, the box metrics) or 'all' (every metric, "
+                         f"ROAD included): {', '.join(EVAL_METRICS)}")
+    ev.add_argument("--full", action="store_true",
+                    help="the full protocol: --metric all and deletion/insertion steps of "
+                         "1 %% of the pixels (default: 5 %%, about 5x fewer forwards)")
+    ev.add_argument("--annotations", default=None,
+                    help="boxes: COCO JSON, a folder of Pascal VOC XML, or {file: boxes} JSON")
+    ev.add_argument("--layer", default=None, help="layer name (default: picked automatically)")
+    _option_flag(ev)
+    ev.add_argument("--step", type=positive, default=None,
+                    help="deletion/insertion: pixels per step (default: 5 %% of the image, "
+                         "1 %% with --full)")
+    ev.add_argument("--out", default="camlens-eval", help="output folder (default: camlens-eval)")
+    ev.add_argument("--max-pixels", type=positive, default=None)
+    ev.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                    help="progress bars on stderr (auto: only on a terminal)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("methods", help="list the methods and the method groups")
+    m.set_defaults(func=_cmd_methods)
+    mo = sub.add_parser("models", help="list the model specs")
+    mo.set_defaults(func=_cmd_models)
+    return p
+
+
+def _option_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--option", action="append", metavar="[METHOD.]NAME=VALUE",
+                   help="a method's own option, e.g. sscam.num_samples=8 or eps=1e-7 (every "
+                        "chosen method that has it); repeat for more")
+
+
+def _picture_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default 0.5)")
+    p.add_argument("--colormap", default="jet", help="jet, turbo, viridis, inferno, ...")
+    p.add_argument("--threshold", type=float, default=0.2,
+                   help="box threshold, fraction of the map's maximum (default 0.2)")
+    p.add_argument("--max-pixels", type=positive, default=None,
+                   help="refuse images with more pixels (default 64 million)")
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="progress bars on stderr (auto: only on a terminal)")
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    names = available_methods()
+    width = max(len(n) for n in names) + len(" [heavy]")
+    for name in names:
+        tag = f"{name} [heavy]" if method_class(name).heavy else name
+        print(f"{tag:<{width}}  {describe(name)}")
+    print()
+    for group, text in METHOD_GROUPS.items():
+        print(f"--method {group:<10}  {text}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    for spec, text in available_models():
+        print(f"{spec:<22}  {text}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from skimage import data
+    except ImportError:
+        raise CliError(
+            "the demo photos come from scikit-image: pip install 'camlens[demo]'"
+        ) from None
+    from ..viz import save_image
+
+    out = output_folder(args.out)
+    folder = out / "images"
+    for name in DEMO_PHOTOS:
+        save_image(getattr(data, name)(), folder / f"{name}.png")
+    args.paths = [str(folder)]
+    code = cmd_explain(args)
+    grids = sorted(out.glob("*_grid.png"))
+    print(f"explained {len(DEMO_PHOTOS)} photos with {args.method}")
+    for g in grids:
+        print(f"  {g}")
+    print(f"summary: {Path(out) / 'summary.json'}")
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

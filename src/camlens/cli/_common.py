@@ -1,0 +1,352 @@
+"""What the ``camlens`` commands share: finding images, naming outputs, loading the model,
+reading ``--method`` and ``--target``, progress and the cost plan."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._errors import closest, unknown_choice
+from .._layers import resolve_layers
+from .._registry import available_methods, create_method, method_class
+from ..models import load_model
+from ..targets import TopK
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+# The first bytes of the image formats Pillow reads, for files without an image suffix.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
+          b"MM\x00*", b"P3", b"P6", b"P5", b"P2")
+METHOD_GROUPS = {
+    "all": "every method but the heavy ones (and those that cannot apply to the model)",
+    "heavy": "sscam, iscam, rise: thousands of forwards per image",
+    "everything": "all and heavy",
+}
+
+
+class CliError(Exception):
+    """A usage problem: printed as one line, exit code 2."""
+
+
+@dataclass
+class Run:
+    """What a run did: for the summary, the messages and the exit code."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def fail(self, name: str, reason: str) -> None:
+        self.errors.append({"file": name, "error": reason})
+        say(f"skipped {name}: {reason}")
+
+
+def say(text: str) -> None:
+    """One message on stderr, without breaking a progress bar that is showing."""
+    from tqdm import tqdm
+
+    tqdm.write(f"camlens: {text}", file=sys.stderr)
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def show_progress(choice: str) -> bool:
+    """``--progress``: ``auto`` shows bars only when stderr is a terminal."""
+    return choice == "always" or (choice == "auto" and sys.stderr.isatty())
+
+
+# ---------------------------------------------------------------- inputs and outputs
+def collect(paths: Sequence[str], run: Run) -> list[tuple[Path, str, str]]:
+    """(file, display name, name relative to its folder argument) for every image.
+
+    Folders are walked recursively. A file with an image suffix is taken; a file without
+    one is taken when its first bytes are an image's (a JPEG saved without extension); the
+    other files are counted and named once on stderr. A file named on the command line is
+    always tried (and reported if it is not an image).
+    """
+    files: list[tuple[Path, str, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found, other = [], []
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+                    continue
+                if f.suffix.lower() in IMAGE_SUFFIXES or _looks_like_image(f):
+                    found.append(f)
+                else:
+                    other.append(f)
+            if other:
+                shown = ", ".join(str(f.relative_to(p)) for f in other[:3])
+                more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+                say(f"{raw}: left out {len(other)} file(s) that are not images ({shown}{more})")
+            if not found:
+                looked = ", ".join(IMAGE_SUFFIXES)
+                run.fail(raw, f"no image files in this folder (looked for {looked}, and for "
+                              "image contents in files without a suffix)")
+            files += [(f, str(f), str(f.relative_to(p).with_suffix(""))) for f in found]
+        elif p.exists():
+            files.append((p, raw, p.stem))
+        else:
+            run.fail(raw, "no such file or directory")
+    return files
+
+
+def _looks_like_image(path: Path) -> bool:
+    if path.suffix and path.suffix.lower() not in ("", ".jfif", ".jpe", ".img", ".image"):
+        return False  # a known other kind of file (.txt, .json, ...)
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def output_names(files: Sequence[tuple[Path, str, str]]) -> list[str]:
+    """A safe, unique file stem per image: letters and digits of any script, '.', '_' and
+    '-'; sub-folders become ``__`` so that nothing is written outside the output folder."""
+    taken: set[str] = set()
+    names = []
+    for _, _, rel in files:
+        parts = [unicodedata.normalize("NFC", part) for part in Path(rel).parts
+                 if part not in ("/", "..", ".")]
+        stem = "__".join(parts)
+        stem = re.sub(r"[^\w.-]+", "_", stem).strip("_").lstrip(".")
+        stem = stem[-120:] or "image"
+        candidate, n = stem, 2
+        while candidate.lower() in taken:  # case-insensitive file systems
+            candidate, n = f"{stem}-{n}", n + 1
+        taken.add(candidate.lower())
+        names.append(candidate)
+    return names
+
+
+def inside(out: Path, name: str) -> Path:
+    target = (out / name).resolve()
+    if not target.is_relative_to(out.resolve()):
+        raise CliError(f"refusing to write {target}: outside the output folder {out}")
+    return target
+
+
+def output_folder(text: str) -> Path:
+    """``--out``: a folder, created if missing; a clear error if it names a file."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {text} is an existing file; name a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"--out {text}: cannot create the folder ({err.strerror})") from None
+    return out
+
+
+def read_image(path: Path, max_pixels: int) -> np.ndarray:
+    """An RGB array (``ImageError`` with the reason for a file that cannot be used)."""
+    from ..viz import load_image
+
+    return load_image(path, max_pixels=max_pixels)
+
+
+def small_image_note(rgb: np.ndarray, side: int) -> str | None:
+    """A note when an image is smaller than the model's input and gets upscaled."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < side:
+        return (f"{w}x{h} is smaller than the model's {side}x{side} input: it was upscaled, "
+                "so the map shows interpolated pixels")
+    return None
+
+
+# ---------------------------------------------------------------- model and choices
+def model_options(p: argparse.ArgumentParser, default_model: str) -> None:
+    p.add_argument("--model", default=default_model,
+                   help=f"model spec (default: {default_model})")
+    p.add_argument("--weights", default=None, help="state dict file for the architecture")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow loading a fully pickled model file (runs code from the file)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=positive, default=8)
+
+
+def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any, torch.device]:
+    """The model, its preprocessing and labels, the checked layer and the device."""
+    try:
+        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model)
+    except (ValueError, ImportError, TypeError) as err:
+        raise CliError(str(err)) from None
+    if args.layer:
+        try:
+            resolve_layers(model, args.layer)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    device = _device(args.device)
+    model.to(device)
+    return model, preprocess, labels, args.layer or "auto", device
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available; use --device cpu")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise CliError("--device mps: MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def group_members(group: str) -> list[str]:
+    names = available_methods()
+    heavy = [n for n in names if method_class(n).heavy]
+    if group == "all":
+        return [n for n in names if n not in heavy]
+    if group == "heavy":
+        return heavy
+    return names
+
+
+def parse_methods(text: str) -> tuple[list[str], set[str]]:
+    """(method names, the ones named explicitly) from ``--method``.
+
+    Names and the groups ``all``, ``heavy`` and ``everything`` mix: ``all,sscam``. A method
+    that came from a group and cannot apply to the model is skipped with a note; one named
+    explicitly that cannot apply is an error of the run (exit code 1).
+    """
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise CliError("--method is empty; see `camlens methods`")
+    valid = available_methods()
+    out: list[str] = []
+    named: set[str] = set()
+    for part in parts:
+        key = part.lower().replace("_", "-")
+        if key in METHOD_GROUPS:
+            out += group_members(key)
+        elif key in valid:
+            out.append(key)
+            named.add(key)
+        else:
+            raise CliError(str(unknown_choice("method", part, valid + list(METHOD_GROUPS),
+                                              "See `camlens methods`")))
+    return list(dict.fromkeys(out)), named
+
+
+def parse_options(items: Sequence[str] | None, methods: Sequence[str]) -> dict[str, dict]:
+    """``--option [METHOD.]NAME=VALUE`` -> ``{method: {name: value}}``.
+
+    Without ``METHOD.`` the option goes to every chosen method that has it. Values are
+    Python literals (``4``, ``0.5``, ``True``, ``(1, 2)``, ``'nearest'``) or plain words.
+    """
+    import ast
+    import inspect
+
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--option {item!r}: expected NAME=VALUE or METHOD.NAME=VALUE")
+        method, dot, name = key.strip().rpartition(".")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        if dot:
+            method = method.lower().replace("_", "-")
+            if method not in methods:
+                raise CliError(f"--option {item!r}: method {method!r} is not in --method")
+            targets = [method]
+        else:
+            targets = [m for m in methods
+                       if name in inspect.signature(method_class(m).__init__).parameters]
+            if not targets:
+                raise CliError(f"--option {item!r}: none of the chosen methods has an option "
+                               f"{name!r}; see a method's options with help(camlens) or the README")
+        for m in targets:
+            out.setdefault(m, {})[name] = value
+    for m, opts in out.items():  # bad values are usage errors, before any image is read
+        try:
+            create_method(m, **opts)
+        except (TypeError, ValueError) as err:
+            raise CliError(f"--option for {m}: {err}") from None
+    return out
+
+
+def parse_target(text: str, labels: Sequence[str]) -> Any:
+    t = text.strip()
+    m = re.fullmatch(r"top(\d+)", t.lower())
+    if m:
+        k = int(m.group(1))
+        if not 1 <= k <= len(labels):
+            raise CliError(f"--target {t}: k must be between 1 and {len(labels)}")
+        return None if k == 1 else TopK(k)
+    if re.fullmatch(r"\d+", t):
+        idx = int(t)
+        if idx >= len(labels):
+            raise CliError(f"--target {idx} is out of range: the model has {len(labels)} classes")
+        return idx
+    norm = [lab.lower().replace("_", " ") for lab in labels]
+    key = t.lower().replace("_", " ")
+    if key in norm:
+        return norm.index(key)
+    near = closest(t, labels, n=5)
+    raise CliError(
+        f"unknown class name {t!r}; closest: {', '.join(repr(n) for n in near)} "
+        "(or use top1, top5 or a class id)"
+    )
+
+
+def probabilities(output: Any) -> torch.Tensor | None:
+    from ..targets import find_logits
+
+    if output is None:
+        return None
+    try:
+        logits = find_logits(output)
+    except (TypeError, ValueError):
+        return None
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
+# ---------------------------------------------------------------- cost
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return "< 1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def print_plan(rows: Sequence[Any], batch: int, images: int) -> None:
+    """The cost of each method with extra forwards, for the whole run, before they start."""
+    costly = [r for r in rows if r.forwards]
+    if not costly:
+        return
+    per_forward = next((r.seconds / r.forwards for r in costly if r.forwards), 0.0)
+    say(f"cost for {images} image(s), from a timed forward of {1000 * per_forward:.1f} ms "
+        "(the other methods share one forward and backward pass per batch):")
+    width = max(len(r.method) for r in costly)
+    for r in costly:
+        per_image = r.forwards / batch
+        say(f"  {r.method:<{width}}  {per_image:>8,.0f} forwards per image  "
+            f"~ {duration(r.seconds / batch * images)}")

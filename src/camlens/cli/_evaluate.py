@@ -1,0 +1,315 @@
+"""``camlens evaluate``: how faithful each method's maps are, as a methods x metrics table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._errors import unknown_choice
+from .._explainer import compare
+from ._common import (
+    CliError,
+    Run,
+    collect,
+    duration,
+    load,
+    output_folder,
+    parse_methods,
+    parse_options,
+    read_image,
+    say,
+    show_progress,
+)
+
+# metric name -> True where higher is better
+EVAL_METRICS = {
+    "deletion": False, "insertion": True, "average_drop": False, "increase": True,
+    "road_morf": False, "road_lerf": True, "pointing_game": True,
+    "energy_pointing_game": True, "localization_error": False,
+}
+BOX_METRICS = ("pointing_game", "energy_pointing_game", "localization_error")
+QUICK_METRICS = ("deletion", "insertion", "average_drop", "increase")
+QUICK_STEP, FULL_STEP = 0.05, 0.01  # deletion / insertion: share of the pixels per step
+ROAD_PERCENTILES = 9
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .. import metrics as M
+    from .._annotations import load_annotations
+    from ..viz import DEFAULT_MAX_PIXELS, ImageError, atomic_write
+
+    methods, named = parse_methods(args.method)
+    options = parse_options(args.option, methods)
+    chosen = parse_metrics("all" if args.full else args.metric, args.annotations is not None)
+    out = output_folder(args.out)
+    annotations = {}
+    if args.annotations:
+        try:
+            annotations = load_annotations(args.annotations)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    run = Run()
+    files = collect(args.paths, run)
+    if annotations and files:
+        _check_matches(annotations, files)
+    model, preprocess, labels, layer, device = load(args)
+    side = preprocess.crop
+    step = args.step or math.ceil(side * side * (FULL_STEP if args.full else QUICK_STEP))
+    show = show_progress(args.progress)
+    values: dict[tuple[str, str], list[float]] = {}
+    per_image: list[dict[str, Any]] = []
+    method_errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    bar = None
+    for start in range(0, len(files), args.batch_size):
+        chunk = range(start, min(start + args.batch_size, len(files)))
+        loaded = []
+        for i in chunk:
+            path, shown, _ = files[i]
+            try:
+                rgb = read_image(path, args.max_pixels or DEFAULT_MAX_PIXELS)
+                loaded.append((i, rgb, preprocess(rgb)))
+            except ImageError as err:
+                run.fail(shown, str(err).removeprefix(f"{path}: "))
+        live = [m for m in methods if m not in method_errors and m not in skipped]
+        if not loaded or not live:
+            continue
+        x = torch.stack([t for _, _, t in loaded]).to(device)
+        try:
+            result = compare(model, x, live, layer, None, errors="keep",
+                             batch_size=max(args.batch_size, 32),
+                             options={m: o for m, o in options.items() if m in live})
+        except ValueError as err:
+            for i, _, _ in loaded:
+                run.fail(files[i][1], str(err))
+            continue
+        for name, maps in result.items():
+            if isinstance(maps, Exception):
+                (method_errors if name in named else skipped)[name] = str(maps)
+                say(f"{'method' if name in named else 'skipped method'} {name}: {maps}")
+        live = [m for m in live if not isinstance(result[m], Exception)]
+        if bar is None:
+            _print_plan(model, x, len(files), len(live), chosen, step, side, args.batch_size)
+            bar = tqdm(total=len(files) * len(live), unit="map", desc="camlens evaluate",
+                       disable=not show, leave=False)
+        classes = result.classes[:, 0]
+        regions, truth, keep = _regions(loaded, files, annotations, preprocess, run,
+                                        bool(set(chosen) & set(BOX_METRICS)))
+        rows = [{"file": files[i][1], "class": int(classes[b]), "label": labels[int(classes[b])],
+                 "results": {}} for b, (i, _, _) in enumerate(loaded)]
+        for name in live:
+            maps = result[name]
+            got = _metrics(M, chosen, model, x, maps, classes, regions, truth, keep, step)
+            for metric, vals in got.items():
+                values.setdefault((name, metric), []).extend(v for v in vals if v is not None)
+                for b, v in enumerate(vals):
+                    rows[b]["results"].setdefault(name, {})[metric] = v
+            bar.update(len(loaded))
+        per_image += rows
+        run.images += [{"file": files[i][1]} for i, _, _ in loaded]
+    if bar is not None:
+        bar.close()
+    evaluated = [m for m in methods if m not in method_errors and m not in skipped]
+    table = _table(evaluated, chosen, values)
+    print(table)
+    rows_out = [
+        {"method": m, **{k: _mean(values.get((m, k))) for k in chosen}} for m in evaluated
+    ]
+    header = ["method", *chosen]
+    csv = "\n".join([",".join(header)] + [
+        ",".join([r["method"]] + ["" if r[k] is None else f"{r[k]:.6g}" for k in chosen])
+        for r in rows_out
+    ]) + "\n"
+    empty = [k for k in chosen if all(values.get((m, k)) in (None, []) for m in evaluated)]
+    summary = {
+        "model": args.model, "metrics": chosen, "step": step, "full": bool(args.full),
+        "higher_is_better": {k: EVAL_METRICS[k] for k in chosen}, "results": rows_out,
+        "images": per_image, "errors": run.errors, "method_errors": method_errors,
+        "skipped_methods": skipped, "unscored_metrics": empty,
+    }
+    atomic_write(out / "evaluation.csv", csv.encode("utf-8"))
+    atomic_write(out / "evaluation.json", json.dumps(summary, indent=2, ensure_ascii=False)
+                 .encode("utf-8"))
+    atomic_write(out / "evaluation.md", (table + "\n").encode("utf-8"))
+    for k in empty:
+        why = " (no image has an annotated box inside the model's crop)" \
+            if k in BOX_METRICS else ""
+        say(f"error: {k} was computed for no image{why}")
+    if not run.images or not evaluated:
+        say("error: nothing was evaluated")
+    say(f"evaluated {len(run.images)} image(s) with {len(evaluated)} method(s); tables in {out}"
+        + (f"; {len(run.errors)} failed" if run.errors else ""))
+    scored = bool(run.images) and bool(evaluated) and not empty
+    return 1 if run.errors or method_errors or not scored else 0
+
+
+def parse_metrics(text: str, have_boxes: bool) -> list[str]:
+    valid = list(EVAL_METRICS)
+    key = text.strip().lower()
+    if key in ("all", "quick"):
+        base = valid if key == "all" else list(QUICK_METRICS)
+        return [m for m in valid if m in base or (have_boxes and m in BOX_METRICS)
+                if have_boxes or m not in BOX_METRICS]
+    names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
+    if not names:
+        raise CliError("--metric is empty; name metrics, 'quick' or 'all'")
+    for n in names:
+        if n not in EVAL_METRICS:
+            raise CliError(str(unknown_choice("metric", n, valid + ["quick", "all"])))
+        if n in BOX_METRICS and not have_boxes:
+            raise CliError(f"{n} needs object boxes: pass --annotations FILE")
+    return list(dict.fromkeys(names))
+
+
+def _check_matches(annotations: dict[str, Any], files: Sequence[tuple[Path, str, str]]) -> None:
+    """Annotations that name none of the images are a mistake, not an empty result."""
+    names = {f[0].name for f in files}
+    if not names & set(annotations):
+        keys = ", ".join(sorted(annotations)[:3])
+        shown = ", ".join(sorted(names)[:3])
+        raise CliError(
+            f"the annotations name none of the {len(names)} image(s): they are keyed by "
+            f"file name ({keys}, ...), the images are {shown}, ...; check the file names"
+        )
+
+
+def _print_plan(model: torch.nn.Module, x: torch.Tensor, images: int, methods: int,
+                chosen: Sequence[str], step: int, side: int, batch: int) -> None:
+    """The metrics' forwards for the whole run and their estimated time, up front."""
+    import time
+
+    steps = math.ceil(side * side / step) + 1
+    per_map = {"deletion": steps, "insertion": steps, "average_drop": 2, "increase": 0,
+               "road_morf": ROAD_PERCENTILES, "road_lerf": ROAD_PERCENTILES}
+    if "increase" in chosen and "average_drop" not in chosen:
+        per_map["increase"] = 2
+    forwards = images * methods * sum(per_map.get(k, 0) for k in chosen)
+    n = min(max(batch, 8), 32)
+    xs = x[:1].expand(n, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
+    was_training = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(xs)
+            started = time.perf_counter()
+            model(xs)
+            per_forward = (time.perf_counter() - started) / n
+    finally:
+        for m, t in zip(model.modules(), was_training):
+            m.training = t
+    say(f"plan: {images} image(s) x {methods} method(s) x {len(chosen)} metric(s) "
+        f"({', '.join(chosen)}): about {forwards:,} forwards, ~ {duration(forwards * per_forward)}"
+        f" (deletion/insertion in steps of {step} pixels"
+        + ("; ROAD adds its imputation" if any(k.startswith("road") for k in chosen) else "")
+        + "). --full runs the full protocol")
+
+
+def _regions(
+    loaded: list[tuple[int, np.ndarray, torch.Tensor]], files: Sequence[tuple[Path, str, str]],
+    annotations: dict[str, Any], preprocess: Any, run: Run, needed: bool,
+) -> tuple[torch.Tensor | None, list[Any], torch.Tensor | None]:
+    """Object masks and boxes in the model's input pixels, for the images that have them."""
+    if not needed:
+        return None, [], None
+    size = preprocess.crop
+    masks = torch.zeros(len(loaded), size, size, dtype=torch.bool)
+    truth: list[Any] = []
+    keep = torch.zeros(len(loaded), dtype=torch.bool)
+    for b, (i, rgb, _) in enumerate(loaded):
+        objects = annotations.get(files[i][0].name)
+        x0, y0, x1, y1 = preprocess.crop_box(*rgb.shape[:2])
+        sx, sy = (x1 - x0) / size, (y1 - y0) / size
+        boxes = []
+        for bx in objects.boxes if objects is not None else []:
+            box = [max(0.0, (bx[0] - x0) / sx), max(0.0, (bx[1] - y0) / sy),
+                   min(float(size), (bx[2] - x0) / sx), min(float(size), (bx[3] - y0) / sy)]
+            if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
+                boxes.append([round(v) for v in box])
+        if not boxes:
+            why = "no annotation" if objects is None else "no annotated box inside the crop"
+            say(f"{files[i][1]}: {why}; left out of the box metrics")
+            truth.append(None)
+            continue
+        for bx in boxes:
+            masks[b, bx[1]:bx[3], bx[0]:bx[2]] = True
+        truth.append((boxes, objects.label if objects is not None else None))
+        keep[b] = True
+    return masks, truth, keep
+
+
+def _metrics(M: Any, chosen: Sequence[str], model: torch.nn.Module, x: torch.Tensor,
+             maps: torch.Tensor, classes: torch.Tensor, regions: Any, truth: list[Any],
+             keep: Any, step: int) -> dict[str, list[float | None]]:
+    """Per-image values of each chosen metric (in %, where the metric is a rate); ``None``
+    where an image has no value (no box for the box metrics)."""
+    target = classes.tolist()
+    b = x.shape[0]
+    got: dict[str, list[float | None]] = {}
+    change = None
+    for metric in chosen:
+        if metric in ("deletion", "insertion"):
+            got[metric] = getattr(M, metric)(model, x, maps, target, step=step).tolist()
+        elif metric in ("average_drop", "increase"):
+            if change is None:
+                change = M.confidence_change(model, x, maps, target)
+            per = change.drop if metric == "average_drop" else 100 * change.increased.float()
+            got[metric] = per.tolist()
+        elif metric.startswith("road"):
+            got[metric] = M.road(model, x, maps, target, order=metric[5:]).mean(1).tolist()
+        else:
+            got[metric] = _box_metric(M, metric, maps, classes, regions, truth, keep, b)
+    return got
+
+
+def _box_metric(M: Any, metric: str, maps: torch.Tensor, classes: torch.Tensor, regions: Any,
+                truth: list[Any], keep: Any, b: int) -> list[float | None]:
+    values: list[float | None] = [None] * b
+    if keep is None or not bool(keep.any()):
+        return values
+    idx = keep.nonzero().flatten()
+    kept = maps[idx].cpu()
+    if metric == "pointing_game":
+        got = (100 * M.pointing_game(kept, regions[idx]).float()).tolist()
+    elif metric == "energy_pointing_game":
+        got = (100 * M.energy_pointing_game(kept, regions[idx])).tolist()
+    else:
+        found = M.derive_boxes(kept, 0.2)
+        got = []
+        for j, i in enumerate(idx.tolist()):
+            boxes, label = truth[i]
+            best = max(float(M.box_iou(found[j : j + 1], torch.tensor([bx]))[0])
+                       for bx in boxes)
+            wrong = (label is not None and int(classes[i]) != label) or best < 0.5
+            got.append(100.0 * wrong)
+    for j, i in enumerate(idx.tolist()):
+        values[i] = got[j]
+    return values
+
+
+def _mean(vals: list[float] | None) -> float | None:
+    return float(np.mean(vals)) if vals else None
+
+
+def _table(methods: Sequence[str], chosen: Sequence[str],
+           values: dict[tuple[str, str], list[float]]) -> str:
+    arrows = {True: " (higher better)", False: " (lower better)"}
+    head = "| method | " + " | ".join(f"{m}{arrows[EVAL_METRICS[m]]}" for m in chosen) + " |"
+    lines = [head, "|---|" + "---:|" * len(chosen)]
+    for m in methods:
+        cells = []
+        for k in chosen:
+            v = _mean(values.get((m, k)))
+            cells.append("n/a" if v is None else f"{v:.3f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
