@@ -296,8 +296,10 @@ def test_names_without_suffix_unicode_small_and_huge_images(tmp_path):
     assert (out / "my_café_gradcam.png").is_file()
     assert (out / "coffee_no_suffix_gradcam.png").is_file()
     tiny = next(i for i in _summary(out)["images"] if i["file"].endswith("tiny.png"))
-    assert "8x8 is smaller than the model's 224x224 input" in tiny["notes"][0]
-    assert "tiny.png: 8x8 is smaller" in res.stderr
+    assert "8x8 is far smaller than the model's 224x224 input: it was upscaled 32x" in \
+        tiny["notes"][0]
+    assert "tiny.png: 8x8 is far smaller" in res.stderr
+    assert "my_café ☕.jpg: " not in res.stderr  # 451 x 300: no note
 
 
 def test_methods_list_whole_descriptions_and_groups():

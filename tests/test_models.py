@@ -194,3 +194,30 @@ def test_preprocess_view_matches_the_crop_box():
     x = (torch.from_numpy(view).permute(2, 0, 1) / 255 - torch.tensor(pre.mean).view(3, 1, 1)
          ) / torch.tensor(pre.std).view(3, 1, 1)
     assert (x - pre(photo)).abs().max() <= 0.5 / 255 / min(pre.std) + 1e-6
+
+
+def test_bundled_model_is_the_package_function_channels_last_and_ablation_shortcut():
+    # camlens runs its bundled model channels-last and with a forward that reads the batch
+    # size from the features: the same function as the package's, and Ablation-CAM's
+    # shortcut (the part before the layer once per chunk) then applies to it.
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model, _, _ = camlens.load_model()
+    assert model._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    original = EfficientNet.from_name("efficientnet-lite0")
+    original.load_state_dict(model.state_dict())
+    original.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), original(x), atol=1e-4)
+    forwards = []
+    ours = camlens.explain(model, x, "ablationcam", progress=lambda d, t: forwards.append(d))
+    ref = camlens.explain(original, x, "ablationcam")  # the package's forward: the fallback
+    assert torch.allclose(ours, ref, atol=1e-4)
+    acts = {}
+    handle = model._swish.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    with torch.no_grad():
+        model(x)  # the last call of the shared _swish is the auto layer
+    handle.remove()
+    live = int(acts["a"].flatten(2).ne(0).any(-1).sum())
+    assert live < 2 * 1280 and forwards[-1] == live + 2  # zero channels are not ablated

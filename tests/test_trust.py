@@ -195,3 +195,24 @@ def test_sscam_shares_noise_between_equal_masks(three):
     camlens.compare(model, three, ["scorecam"], layer="features.5", target=CLASSES,
                     plan=scorecam_rows.extend)
     assert rows[0].forwards == 2 * scorecam_rows[0].forwards
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"noise_smooth": 2, "noise_std": float("nan")}, ValueError),
+    ({"noise_smooth": 2, "noise_std": -0.1}, ValueError),
+    ({"seed": 1.5}, TypeError),
+    ({"seed": "0"}, TypeError),
+    ({"aug_smooth": "yes"}, TypeError),
+    ({"eigen_smooth": 1}, TypeError),
+])
+def test_explainer_options_are_checked(net, three, options, error):
+    with pytest.raises(error, match=list(options)[-1]):
+        camlens.explain(net, three, "gradcam", **options)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -0.1, 1.5, True, "0.2"])
+def test_box_and_mask_thresholds_are_checked(threshold):
+    maps = torch.rand(2, 8, 8)
+    for derive in (camlens.boxes, camlens.masks):
+        with pytest.raises((ValueError, TypeError), match="threshold"):
+            derive(maps, threshold)

@@ -12,6 +12,8 @@ def _check(maps: Tensor, threshold: float) -> Tensor:
         raise TypeError(f"maps must be a tensor (..., H, W), got {type(maps).__name__}")
     if maps.ndim < 2:
         raise ValueError(f"maps must have shape (..., H, W), got {tuple(maps.shape)}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a number in [0, 1], got {threshold!r}")
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(
             f"threshold is a fraction of each map's maximum in [0, 1], got {threshold}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -72,6 +73,16 @@ class Explainer:
             raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
         if isinstance(noise_smooth, bool) or not isinstance(noise_smooth, int) or noise_smooth < 0:
             raise ValueError(f"noise_smooth is a number of noisy copies >= 0, got {noise_smooth!r}")
+        if not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or not (
+            math.isfinite(noise_std) and noise_std >= 0
+        ):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be a whole number, got {seed!r}")
+        for flag, value in (("aug_smooth", aug_smooth), ("eigen_smooth", eigen_smooth),
+                            ("eval_mode", eval_mode)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {value!r}")
         if "batch_size" in _accepted(method):
             method_options.setdefault("batch_size", batch_size)
         self.method = create_method(method, **method_options)
@@ -459,6 +470,7 @@ class PlanRow(NamedTuple):
     method: str
     forwards: int  # extra forwards of the model, for the whole batch (0: the pass only)
     seconds: float  # estimated from a timed forward; 0 for methods with no extra forwards
+    partial: bool = False  # the forwards run only the model after the layer: at most this
 
 
 def _plan_rows(pairs: list[tuple[Method, PassResult]], inputs: Tensor) -> list[PlanRow]:
@@ -477,7 +489,7 @@ def _plan_rows(pairs: list[tuple[Method, PassResult]], inputs: Tensor) -> list[P
             if per_forward is None:
                 per_forward = scorer.measure(inputs)
             seconds = n * per_forward
-        rows.append(PlanRow(method.name, n, seconds))
+        rows.append(PlanRow(method.name, n, seconds, bool(getattr(method, "partial", False))))
     return rows
 
 

