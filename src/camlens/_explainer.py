@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -15,7 +16,7 @@ from ._engine import PassResult, run_pass
 from ._layers import LayerSpec, Reshape, resolve_layers
 from ._postprocess import fuse, upsample
 from ._postprocess import normalize as normalize_maps
-from ._registry import available_methods, create_method
+from ._registry import available_methods, create_method, method_class
 from ._validate import check_inputs, check_model, check_size
 from .methods._base import Method
 from .targets import TargetLike, as_target
@@ -83,9 +84,7 @@ class Explainer:
                             ("eval_mode", eval_mode)):
             if not isinstance(value, bool):
                 raise TypeError(f"{flag} must be True or False, got {value!r}")
-        if "batch_size" in _accepted(method):
-            method_options.setdefault("batch_size", batch_size)
-        self.method = create_method(method, **method_options)
+        self.method = _method(method, batch_size, method_options)
         if eigen_smooth and not self.method.supports_eigen_smooth:
             raise ValueError(
                 f"eigen_smooth needs a method that weights activations; {self.method.name} "
@@ -188,12 +187,12 @@ def _check_counterfactual(method: Method, counterfactual: bool) -> None:
         )
 
 
-def _accepted(method: str) -> list[str]:
-    import inspect
-
-    from ._registry import method_class
-
-    return list(inspect.signature(method_class(method).__init__).parameters)
+def _method(name: str, batch_size: int, options: Mapping[str, Any]) -> Method:
+    """A registered method, given the call's ``batch_size`` where it takes one (its own
+    ``batch_size`` option wins)."""
+    if "batch_size" in method_class(name).options:
+        options = {"batch_size": batch_size, **options}
+    return create_method(name, **options)
 
 
 class _FixedClasses:
@@ -273,16 +272,16 @@ def _finish(
 ) -> Tensor:
     """Method maps of every layer -> resized, fused, normalised float32 maps."""
     result.check(method)
-    if eigen_smooth:
-        if not method.supports_eigen_smooth:
-            raise ValueError(f"eigen_smooth does not apply to {method.name}")
-        maps = [method.eigen(d) for d in result.layers]
-    else:
-        scorer = result.layers[0].scorer if result.layers else None
-        if scorer is not None and method.needs_scorer:
-            total = sum(method.forwards(d) for d in result.layers)
-            with scorer.progress.task(method.name, total):
-                maps = method.compute_layers(result.layers)
+    if eigen_smooth and not method.supports_eigen_smooth:
+        raise ValueError(f"eigen_smooth does not apply to {method.name}")
+    scorer = result.layers[0].scorer if result.layers else None
+    counting: AbstractContextManager[None] = nullcontext()
+    if scorer is not None and method.needs_scorer:  # its extra forwards, counted
+        counting = scorer.progress.task(method.name,
+                                        sum(method.forwards(d) for d in result.layers))
+    with counting:
+        if eigen_smooth:
+            maps = [method.eigen(d) for d in result.layers]
         else:
             maps = method.compute_layers(result.layers)
     spatial = inputs.ndim - 2
@@ -417,9 +416,7 @@ def compare(
     if unknown:
         raise ValueError(f"options name method(s) {unknown} that are not in methods {names}")
     chosen = [
-        create_method(n, **{**({"batch_size": batch_size} if "batch_size" in _accepted(n)
-                               else {}), **options.get(n, {})})
-        for n in names
+        _method(n, batch_size, options.get(n, {})) for n in names
     ]
     inputs = check_inputs(inputs, model)
     size = check_size(size)
@@ -478,7 +475,6 @@ def _plan_rows(pairs: list[tuple[Method, PassResult]], inputs: Tensor) -> list[P
     rows = []
     per_forward: float | None = None
     for method, result in pairs:
-        n = 0
         try:
             n = sum(method.forwards(d) for d in result.layers)
         except ValueError:  # the method will refuse, with its reason, when it runs

@@ -48,9 +48,8 @@ class Progress:
                 self._bar = None
 
     def plan(self, n: int) -> None:
-        """Forwards asked for outside a task (a caller using the scorer directly)."""
-        if self._bar is None and self.done >= self.total:
-            self.done, self.total = 0, 0
+        """``n`` more forwards are about to run: the total grows if a method ran more than
+        its ``forwards`` said (or a caller runs the scorer outside a task)."""
         if self.done + n > self.total:
             self.total = self.done + n
             if self._bar is not None:
@@ -155,16 +154,8 @@ class Scorer:
     def measure(self, inputs: Tensor) -> float:
         """Seconds per perturbed forward, from one timed chunk of copies of ``inputs[0]``
         (after a warm-up chunk); for the cost estimate shown before heavy methods run."""
-        n = max(1, min(self.batch_size, 16))
-        x = inputs[:1].expand(n, *inputs.shape[1:]).clone()
-        if x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with ModelGuard(self.model, self.eval_mode), torch.no_grad():
-            model = self.runner()
-            model(x)
-            started = time.perf_counter()
-            model(x)
-            return (time.perf_counter() - started) / n
+        with ModelGuard(self.model, self.eval_mode):
+            return time_forward(self.runner(), inputs, min(self.batch_size, 16))
 
     def chunks(self, n: int) -> Iterator[slice]:
         for start in range(0, n, self.batch_size):
@@ -254,6 +245,21 @@ def _has_hooks(model: nn.Module) -> bool:
         or getattr(m, "_backward_pre_hooks", None)
         for m in model.modules()
     )
+
+
+def time_forward(model: nn.Module, inputs: Tensor, copies: int) -> float:
+    """Seconds per input of a no-grad forward of ``copies`` copies of ``inputs[0]``
+    (channels-last images, as the scorer runs them), timed after one warm-up forward.
+    The caller sets the model's mode (:class:`~camlens._guard.ModelGuard`)."""
+    n = max(1, copies)
+    x = inputs[:1].expand(n, *inputs.shape[1:]).clone()
+    if x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        model(x)
+        started = time.perf_counter()
+        model(x)
+        return (time.perf_counter() - started) / n
 
 
 def _widen(scores: Tensor) -> Tensor:

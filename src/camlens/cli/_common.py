@@ -156,11 +156,23 @@ def output_folder(text: str) -> Path:
     return out
 
 
-def read_image(path: Path, max_pixels: int) -> np.ndarray:
-    """An RGB array (``ImageError`` with the reason for a file that cannot be used)."""
-    from ..viz import load_image
+def decode(files: Sequence[tuple[Path, str, str]], chunk: range, preprocess: Any,
+           max_pixels: int, run: Run) -> list[tuple[int, np.ndarray, Any]]:
+    """(index, RGB array, model input) of each image of ``chunk`` that can be read; the
+    others are reported on ``run`` and skipped."""
+    from ..viz import ImageError, load_image
 
-    return load_image(path, max_pixels=max_pixels)
+    loaded = []
+    for i in chunk:
+        path, shown, _ = files[i]
+        try:
+            rgb = load_image(path, max_pixels=max_pixels)
+            loaded.append((i, rgb, preprocess(rgb)))
+        except ImageError as err:
+            run.fail(shown, str(err).removeprefix(f"{path}: "))
+        except (OSError, ValueError) as err:
+            run.fail(shown, f"{type(err).__name__}: {err}")
+    return loaded
 
 
 def small_image_note(rgb: np.ndarray, preprocess: Any) -> str | None:
@@ -227,8 +239,41 @@ def group_members(group: str) -> list[str]:
     return names
 
 
-def parse_methods(text: str) -> tuple[list[str], set[str]]:
-    """(method names, the ones named explicitly) from ``--method``.
+@dataclass
+class Methods:
+    """The methods a run asked for and what became of them.
+
+    ``named``: the ones named explicitly (not from a group); a refusal of one of those is
+    an error of the run (``failed``), of the others a note (``skipped``). A method that
+    refused is not run again on the next batches."""
+
+    names: list[str]
+    named: set[str]
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def live(self) -> list[str]:
+        return [m for m in self.names if m not in self.skipped and m not in self.failed]
+
+    def options_for(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {m: o for m, o in self.options.items() if m in names}
+
+    def record(self, result: Any) -> None:
+        """Note the methods of a ``compare`` result that refused, with their reasons."""
+        for name, value in result.items():
+            if not isinstance(value, Exception):
+                continue
+            if name in self.named:
+                self.failed[name] = str(value)
+                say(f"method {name} failed: {value}; its results are left out")
+            else:
+                self.skipped[name] = str(value)
+                say(f"skipped method {name}: {value}")
+
+
+def parse_methods(text: str, options: Sequence[str] | None = None) -> Methods:
+    """The methods of ``--method`` (with their ``--option`` values).
 
     Names and the groups ``all``, ``heavy`` and ``everything`` mix: ``all,sscam``. A method
     that came from a group and cannot apply to the model is skipped with a note; one named
@@ -250,17 +295,17 @@ def parse_methods(text: str) -> tuple[list[str], set[str]]:
         else:
             raise CliError(str(unknown_choice("method", part, valid + list(METHOD_GROUPS),
                                               "See `camlens methods`")))
-    return list(dict.fromkeys(out)), named
+    names = list(dict.fromkeys(out))
+    return Methods(names, named, _parse_options(options, names))
 
 
-def parse_options(items: Sequence[str] | None, methods: Sequence[str]) -> dict[str, dict]:
+def _parse_options(items: Sequence[str] | None, methods: Sequence[str]) -> dict[str, dict]:
     """``--option [METHOD.]NAME=VALUE`` -> ``{method: {name: value}}``.
 
     Without ``METHOD.`` the option goes to every chosen method that has it. Values are
     Python literals (``4``, ``0.5``, ``True``, ``(1, 2)``, ``'nearest'``) or plain words.
     """
     import ast
-    import inspect
 
     out: dict[str, dict] = {}
     for item in items or []:
@@ -278,8 +323,7 @@ def parse_options(items: Sequence[str] | None, methods: Sequence[str]) -> dict[s
                 raise CliError(f"--option {item!r}: method {method!r} is not in --method")
             targets = [method]
         else:
-            targets = [m for m in methods
-                       if name in inspect.signature(method_class(m).__init__).parameters]
+            targets = [m for m in methods if name in method_class(m).options]
             if not targets:
                 raise CliError(f"--option {item!r}: none of the chosen methods has an option "
                                f"{name!r}; see a method's options with help(camlens) or the README")

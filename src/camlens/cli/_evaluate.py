@@ -14,16 +14,17 @@ import torch
 
 from .._errors import unknown_choice
 from .._explainer import compare
+from .._guard import ModelGuard
+from .._scorer import time_forward
 from ._common import (
     CliError,
     Run,
     collect,
+    decode,
     duration,
     load,
     output_folder,
     parse_methods,
-    parse_options,
-    read_image,
     say,
     show_progress,
 )
@@ -45,10 +46,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .. import metrics as M
     from .._annotations import load_annotations
-    from ..viz import DEFAULT_MAX_PIXELS, ImageError, atomic_write
+    from ..viz import DEFAULT_MAX_PIXELS, atomic_write
 
-    methods, named = parse_methods(args.method)
-    options = parse_options(args.option, methods)
+    methods = parse_methods(args.method, args.option)
     chosen = parse_metrics("all" if args.full else args.metric, args.annotations is not None)
     out = output_folder(args.out)
     annotations = {}
@@ -67,36 +67,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     show = show_progress(args.progress)
     values: dict[tuple[str, str], list[float]] = {}
     per_image: list[dict[str, Any]] = []
-    method_errors: dict[str, str] = {}
-    skipped: dict[str, str] = {}
     bar = None
     for start in range(0, len(files), args.batch_size):
         chunk = range(start, min(start + args.batch_size, len(files)))
-        loaded = []
-        for i in chunk:
-            path, shown, _ = files[i]
-            try:
-                rgb = read_image(path, args.max_pixels or DEFAULT_MAX_PIXELS)
-                loaded.append((i, rgb, preprocess(rgb)))
-            except ImageError as err:
-                run.fail(shown, str(err).removeprefix(f"{path}: "))
-        live = [m for m in methods if m not in method_errors and m not in skipped]
+        loaded = decode(files, chunk, preprocess, args.max_pixels or DEFAULT_MAX_PIXELS, run)
+        live = methods.live()
         if not loaded or not live:
             continue
         x = torch.stack([t for _, _, t in loaded]).to(device)
         try:
             result = compare(model, x, live, layer, None, errors="keep",
                              batch_size=max(args.batch_size, 32),
-                             options={m: o for m, o in options.items() if m in live})
+                             options=methods.options_for(live))
         except ValueError as err:
             for i, _, _ in loaded:
                 run.fail(files[i][1], str(err))
             continue
-        for name, maps in result.items():
-            if isinstance(maps, Exception):
-                (method_errors if name in named else skipped)[name] = str(maps)
-                say(f"{'method' if name in named else 'skipped method'} {name}: {maps}")
-        live = [m for m in live if not isinstance(result[m], Exception)]
+        methods.record(result)
+        live = methods.live()
         if bar is None:
             _print_plan(model, x, len(files), len(live), chosen, step, side, args.batch_size)
             bar = tqdm(total=len(files) * len(live), unit="map", desc="camlens evaluate",
@@ -118,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run.images += [{"file": files[i][1]} for i, _, _ in loaded]
     if bar is not None:
         bar.close()
-    evaluated = [m for m in methods if m not in method_errors and m not in skipped]
+    evaluated = methods.live()
     table = _table(evaluated, chosen, values)
     print(table)
     rows_out = [
@@ -133,8 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {
         "model": args.model, "metrics": chosen, "step": step, "full": bool(args.full),
         "higher_is_better": {k: EVAL_METRICS[k] for k in chosen}, "results": rows_out,
-        "images": per_image, "errors": run.errors, "method_errors": method_errors,
-        "skipped_methods": skipped, "unscored_metrics": empty,
+        "images": per_image, "errors": run.errors, "method_errors": methods.failed,
+        "skipped_methods": methods.skipped, "unscored_metrics": empty,
     }
     atomic_write(out / "evaluation.csv", csv.encode("utf-8"))
     atomic_write(out / "evaluation.json", json.dumps(summary, indent=2, ensure_ascii=False)
@@ -149,16 +137,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     say(f"evaluated {len(run.images)} image(s) with {len(evaluated)} method(s); tables in {out}"
         + (f"; {len(run.errors)} failed" if run.errors else ""))
     scored = bool(run.images) and bool(evaluated) and not empty
-    return 1 if run.errors or method_errors or not scored else 0
+    return 1 if run.errors or methods.failed or not scored else 0
 
 
 def parse_metrics(text: str, have_boxes: bool) -> list[str]:
     valid = list(EVAL_METRICS)
     key = text.strip().lower()
-    if key in ("all", "quick"):
-        base = valid if key == "all" else list(QUICK_METRICS)
-        return [m for m in valid if m in base or (have_boxes and m in BOX_METRICS)
-                if have_boxes or m not in BOX_METRICS]
+    if key in ("all", "quick"):  # quick: QUICK_METRICS; both: box metrics with boxes
+        return [m for m in valid if (key == "all" or m in QUICK_METRICS or m in BOX_METRICS)
+                and (have_boxes or m not in BOX_METRICS)]
     names = [t.strip().lower().replace("-", "_") for t in text.split(",") if t.strip()]
     if not names:
         raise CliError("--metric is empty; name metrics, 'quick' or 'all'")
@@ -185,27 +172,14 @@ def _check_matches(annotations: dict[str, Any], files: Sequence[tuple[Path, str,
 def _print_plan(model: torch.nn.Module, x: torch.Tensor, images: int, methods: int,
                 chosen: Sequence[str], step: int, side: int, batch: int) -> None:
     """The metrics' forwards for the whole run and their estimated time, up front."""
-    import time
-
     steps = math.ceil(side * side / step) + 1
     per_map = {"deletion": steps, "insertion": steps, "average_drop": 2, "increase": 0,
                "road_morf": ROAD_PERCENTILES, "road_lerf": ROAD_PERCENTILES}
     if "increase" in chosen and "average_drop" not in chosen:
         per_map["increase"] = 2
     forwards = images * methods * sum(per_map.get(k, 0) for k in chosen)
-    n = min(max(batch, 8), 32)
-    xs = x[:1].expand(n, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
-    was_training = [m.training for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(xs)
-            started = time.perf_counter()
-            model(xs)
-            per_forward = (time.perf_counter() - started) / n
-    finally:
-        for m, t in zip(model.modules(), was_training):
-            m.training = t
+    with ModelGuard(model):
+        per_forward = time_forward(model, x, min(max(batch, 8), 32))
     say(f"plan: {images} image(s) x {methods} method(s) x {len(chosen)} metric(s) "
         f"({', '.join(chosen)}): about {forwards:,} forwards, ~ {duration(forwards * per_forward)}"
         f" (deletion/insertion in steps of {step} pixels"

@@ -19,18 +19,18 @@ from .._errors import unknown_choice
 from .._explainer import compare
 from ._common import (
     CliError,
+    Methods,
     Run,
     collect,
+    decode,
     inside,
     load,
     output_folder,
     output_names,
     parse_methods,
-    parse_options,
     parse_target,
     print_plan,
     probabilities,
-    read_image,
     say,
     show_progress,
     small_image_note,
@@ -52,14 +52,10 @@ class Job:
     layer: Any
     device: torch.device
     max_pixels: int
-    methods: list[str]
-    named: set[str]
+    methods: Methods
     show: bool = False
-    options: dict[str, dict] = field(default_factory=dict)
     planned: bool = False
     layer_names: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # from a group, cannot apply
-    failed: dict[str, str] = field(default_factory=dict)  # named, or failed on a batch
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -67,8 +63,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from ..viz import DEFAULT_MAX_PIXELS, atomic_write, available_colormaps
 
-    methods, named = parse_methods(args.method)
-    options = parse_options(args.option, methods)
+    methods = parse_methods(args.method, args.option)
     if args.colormap not in available_colormaps():
         raise CliError(str(unknown_choice("colormap", args.colormap, available_colormaps())))
     if not 0 <= args.alpha <= 1:
@@ -81,8 +76,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     model, preprocess, labels, layer, device = load(args)
     target = parse_target(args.target, labels)
     job = Job(args, files, output_names(files), out, model, preprocess, labels, target, layer,
-              device, args.max_pixels or DEFAULT_MAX_PIXELS, methods, named,
-              show=show_progress(args.progress), options=options)
+              device, args.max_pixels or DEFAULT_MAX_PIXELS, methods,
+              show=show_progress(args.progress))
     # Pictures are encoded and written by two threads while the model runs the next batch.
     pool = ThreadPoolExecutor(max_workers=2)
     pending: list[tuple[int, Future[dict[str, Any]]]] = []
@@ -105,19 +100,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "camlens": __version__,
         "model": args.model,
         "layer": job.layer_names,
-        "methods": [m for m in methods if m not in job.skipped and m not in job.failed],
+        "methods": methods.live(),
         "target": args.target,
         "counterfactual": bool(args.counterfactual),
         "images": run.images,
         "errors": run.errors,
-        "method_errors": job.failed,
-        "skipped_methods": job.skipped,
+        "method_errors": methods.failed,
+        "skipped_methods": methods.skipped,
     }
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False)
                  .encode("utf-8"))
     say(f"explained {len(run.images)} image(s) into {out}"
         + (f"; {len(run.errors)} failed" if run.errors else ""))
-    return 1 if run.errors or job.failed else 0
+    return 1 if run.errors or methods.failed else 0
 
 
 def _collect_result(item: tuple[int, Future[dict[str, Any]]],
@@ -133,22 +128,12 @@ def _explain_batch(
     job: Job, chunk: range, run: Run, pool: ThreadPoolExecutor
 ) -> list[tuple[int, Future[dict[str, Any]]]]:
     """Decode, preprocess and explain one batch; queue the writing of its pictures."""
-    from ..viz import ImageError
-
-    loaded = []
-    for i in chunk:
-        path, shown, _ = job.files[i]
-        try:
-            rgb = read_image(path, job.max_pixels)
-            loaded.append((i, rgb, job.preprocess(rgb)))
-        except ImageError as err:
-            run.fail(shown, str(err).removeprefix(f"{path}: "))
-        except (OSError, ValueError) as err:
-            run.fail(shown, f"{type(err).__name__}: {err}")
-    methods = [m for m in job.methods if m not in job.skipped and m not in job.failed]
+    loaded = decode(job.files, chunk, job.preprocess, job.max_pixels, run)
+    methods = job.methods.live()
     if not loaded or not methods:
         return []
     x = torch.stack([t for _, _, t in loaded]).to(job.device)
+
     def plan(rows: list[Any]) -> None:
         if not job.planned:
             job.planned = True
@@ -158,20 +143,13 @@ def _explain_batch(
         result = compare(job.model, x, methods, job.layer, job.target,
                          counterfactual=job.args.counterfactual, errors="keep",
                          batch_size=max(job.args.batch_size, 32), progress=job.show, plan=plan,
-                         options={m: o for m, o in job.options.items() if m in methods})
+                         options=job.methods.options_for(methods))
     except ValueError as err:  # the pass itself failed (e.g. NaN scores): this batch only
         for i, _, _ in loaded:
             run.fail(job.files[i][1], str(err))
         return []
     job.layer_names[:] = result.layer_names or job.layer_names
-    for name, value in result.items():
-        if isinstance(value, Exception):
-            if name in job.named:
-                job.failed[name] = str(value)
-                say(f"method {name} failed: {value}; its outputs are not written")
-            else:
-                job.skipped[name] = str(value)
-                say(f"skipped method {name}: {value}")
+    job.methods.record(result)
     return [(item["index"], pool.submit(_render, job, item))
             for item in _prepare_batch(job, loaded, result)]
 

@@ -86,14 +86,16 @@ class _ScoreBase(Method):
         normalised maps (a dead channel, or two equal maps, cost one forward)."""
         return len(_unique_channels(data.activations)[0]) * getattr(self, "num_samples", 1)
 
-    def _channel_scores(self, data: LayerData, scale: float = 1.0) -> Tensor:
+    def _channel_scores(self, data: LayerData, scale: float = 1.0,
+                        unique: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """Scores (B, K, C) of ``scale * masks[b, c] * x[b]`` for every image and channel.
 
         The masks of a chunk are made when the chunk runs: memory follows ``batch_size``.
+        ``unique``: ``_unique_channels(data.activations)``, when the caller has it.
         """
         assert data.scorer is not None and data.inputs is not None
         x = data.inputs
-        owners, channels, inverse = _unique_channels(data.activations)
+        owners, channels, inverse = unique or _unique_channels(data.activations)
 
         def make(part: slice) -> Tensor:
             o, ch = owners[part], channels[part]
@@ -192,9 +194,10 @@ class ISCAM(_ScoreBase):
     def channel_weights(self, data: LayerData) -> Tensor:
         total = None
         coeff = 0.0
+        unique = _unique_channels(data.activations)  # the same masks at every step
         for i in range(self.num_samples):
             coeff += (i + 1) / self.num_samples
-            s = self._channel_scores(data, scale=coeff)
+            s = self._channel_scores(data, scale=coeff, unique=unique)
             total = s if total is None else total + s
         assert total is not None
         return torch.softmax(total / self.num_samples, dim=-1)

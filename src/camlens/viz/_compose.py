@@ -41,11 +41,6 @@ def _resized(t: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return t.clamp(0, 1).numpy()
 
 
-def _as_map(cam: Any, size: tuple[int, int]) -> np.ndarray:
-    """A (H, W) map as float32 in [0, 1] at ``size`` (bilinear, pixel centres)."""
-    return _resized(_map_tensor(cam), size)
-
-
 def _check_aspect(map_shape: tuple[int, int], height: int, width: int) -> None:
     """Refuse to stretch a map over an image of clearly another shape (a crop's map)."""
     mh, mw = map_shape
