@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
-from torch import nn
+import atexit
+import os
+import shutil
+import tempfile
+
+# Keras picks its backend and writes keras.json on first import: the in-process Keras tests
+# run on the torch backend with a throwaway KERAS_HOME (TensorFlow ones run in subprocesses).
+os.environ["KERAS_BACKEND"] = "torch"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="camlens-keras-home-")
+atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 # Smaller settings for the slow perturbation and noise methods, so that the matrices over
 # the registry stay quick.

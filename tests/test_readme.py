@@ -167,6 +167,21 @@ def check_models(ns: dict[str, Any], folder: Path) -> None:
         camlens.explain(ns["scripted"], torch.rand(1, 3, 64, 64))
 
 
+def check_keras(ns: dict[str, Any], folder: Path) -> None:
+    import camlens
+
+    assert tuple(ns["photo"].shape) == (1, 224, 224, 3)  # channels-last
+    for name, maps in ns["kmaps"].items():
+        assert tuple(maps.shape) == (1, 224, 224), name
+        _nonzero(name, maps)
+    assert tuple(ns["inner"].shape) == (1, 224, 224)
+    assert tuple(ns["heat"].shape) == (2, 224, 224)
+    # the same weights in Keras and in PyTorch: the same map (the head's ReLU6 is the last
+    # call of the PyTorch model's shared `_swish`)
+    torch_map = camlens.explain(ns["model"], ns["images"], layer="_swish")
+    assert float((ns["kmaps"]["gradcam"] - torch_map).abs().max()) < 1e-4
+
+
 def check_tasks(ns: dict[str, Any], folder: Path) -> None:
     shapes = {
         "detected": (1, 112, 112),
@@ -190,6 +205,7 @@ def check_metrics(ns: dict[str, Any], folder: Path) -> None:
 CHECKS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "import camlens": check_intro,
     "import torch": check_models,
+    "import os": check_keras,
     "from torch import nn": check_tasks,
     "from camlens import metrics": check_metrics,
 }

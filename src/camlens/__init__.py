@@ -1,4 +1,4 @@
-"""camlens: where a vision model looks. Class activation maps for any PyTorch model.
+"""camlens: where a vision model looks. Class activation maps for any PyTorch or Keras 3 model.
 
 >>> import camlens
 >>> maps = camlens.explain(model, images, method="gradcam")      # (B, H, W) in [0, 1]

@@ -90,22 +90,32 @@ class LayerCapture:
 
 
 class LinearCapture:
-    """Record the input and output of every ``nn.Linear`` call (for CAM's classifier)."""
+    """Record the weight, input and output of every ``nn.Linear`` call (for CAM's
+    classifier); for a Keras model's adapter, of every ``Dense`` layer."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.calls: list[tuple[nn.Linear, Tensor, Tensor]] = []
-        self._handles: list[RemovableHandle] = []
+        self.calls: list[tuple[Tensor, Tensor, Tensor]] = []  # (weight (out, in), in, out)
+        self._handles: list[Any] = []
 
     def __enter__(self) -> LinearCapture:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
-                self.calls.append((module, args[0].detach(), output.detach()))  # type: ignore[arg-type]
+        def recorder(weight: Any) -> Any:
+            def hook(module: Any, args: Any, output: Any) -> None:
+                if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+                    self.calls.append((weight(module), args[0].detach(), output.detach()))
+            return hook
 
         try:
-            for m in self.model.modules():
-                if isinstance(m, nn.Linear):
-                    self._handles.append(m.register_forward_hook(hook))
+            linear_layers = getattr(self.model, "linear_layers", None)
+            if callable(linear_layers):  # a Keras model: Dense layers through its adapter
+                for layer, weight in linear_layers():
+                    hook = recorder(lambda _m, w=weight: w())
+                    self._handles.append(self.model.hook_layer(layer, hook))  # type: ignore[operator]
+            else:
+                for m in self.model.modules():
+                    if isinstance(m, nn.Linear):
+                        hook = recorder(lambda mod: mod.weight.detach())
+                        self._handles.append(m.register_forward_hook(hook))
         except BaseException:
             self.__exit__(None, None, None)
             raise

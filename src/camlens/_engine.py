@@ -64,6 +64,14 @@ def run_pass(
     differentiated together by batched vector-Jacobian products. Unless input gradients
     are needed, the model runs without autograd until the first captured layer.
     """
+    if getattr(model, "backend", None) == "tensorflow":  # a Keras model on TensorFlow
+        from ._adapters._keras_tf import run_tf_pass
+
+        return run_tf_pass(model, inputs, methods, layers, target,
+                           counterfactual=counterfactual, reshape=reshape,
+                           batch_size=batch_size, progress=progress, seed=seed)
+    if reshape is None and getattr(model, "camlens_adapter", False):
+        reshape = model.layer_to_channels_first  # Keras layers are channels-last
     need_grads = any(m.needs_gradients for m in methods)
     need_classifier = any(m.needs_classifier for m in methods)
     need_hessian = any(m.needs_hessian for m in methods)
@@ -106,17 +114,13 @@ def run_pass(
             if out is None:
                 raise ValueError(
                     f"layer {name!r} was not called during the forward pass; pick a layer "
-                    "the model uses (see model.named_modules())"
+                    f"the model uses ({getattr(model, 'layer_hint', 'see model.named_modules()')})"
                 )
         srcs: list[Tensor] = capture.outputs  # type: ignore[assignment]
         refused: dict[str, ValueError] = {}
-        target = bind_target(target, output)
-        matched = getattr(target, "matched", None)
         with torch.enable_grad():
-            classes, scores, single = _scores(target, output, inputs.shape[0])
-            if transforms:
-                scores = transforms[0].transform_scores(output, classes)
-            check_finite_scores(scores)
+            target, matched, classes, scores, single = target_scores(
+                target, output, inputs.shape[0], transforms)
             wrt = srcs + ([x] if need_input_grads else [])
             names = [n for n, _ in layers] + (["input"] if need_input_grads else [])
             grads = (
@@ -303,6 +307,21 @@ def _hvps(grads: list[Tensor], srcs: list[Tensor]) -> list[Tensor]:
     return out
 
 
+def target_scores(
+    target: Any, output: Any, batch: int, transforms: Sequence[Any] = (),
+) -> tuple[Any, Tensor | None, Tensor | None, Tensor, bool]:
+    """``(bound target, matched, classes, scores (B, K), single)`` for the explained output,
+    scores transformed by a method that asks for it (Finer-CAM) and checked finite."""
+    target = bind_target(target, output)
+    matched = getattr(target, "matched", None)
+    with torch.enable_grad():
+        classes, scores, single = _scores(target, output, batch)
+        if transforms:
+            scores = transforms[0].transform_scores(output, classes)
+    check_finite_scores(scores)
+    return target, matched, classes, scores, single
+
+
 def _scores(target: Any, output: Any, batch: int) -> tuple[Tensor | None, Tensor, bool]:
     """(classes or None, scores (B, K), single) for a target object or callable."""
     classes = None
@@ -421,7 +440,7 @@ def _per_target(scores: Tensor, srcs: list[Tensor], create_graph: bool) -> list[
     ]
 
 
-def _classifier_weight(linears: LinearCapture, acts: Tensor, output: Any, name: str) -> Tensor:
+def _classifier_weight(linears: Any, acts: Tensor, output: Any, name: str) -> Tensor:
     """The weight of the linear layer fed by global average pooling of ``acts``."""
     channels = acts.shape[1]
     pooled = acts.flatten(2).mean(dim=-1)
@@ -429,8 +448,8 @@ def _classifier_weight(linears: LinearCapture, acts: Tensor, output: Any, name: 
         f"cam needs layer {name!r} to feed global average pooling and then one nn.Linear "
         "that gives the model's output"
     )
-    for module, inp, out in reversed(linears.calls):
-        if module.in_features != channels or inp.ndim != 2 or inp.shape != pooled.shape:
+    for weight, inp, out in reversed(linears.calls):
+        if weight.shape[1] != channels or inp.ndim != 2 or inp.shape != pooled.shape:
             continue
         scale = pooled.abs().amax().clamp_min(1e-12)
         if not torch.allclose(inp.to(pooled.dtype), pooled, rtol=1e-4, atol=1e-5 * float(scale)):
@@ -445,8 +464,9 @@ def _classifier_weight(linears: LinearCapture, acts: Tensor, output: Any, name: 
                 f"{requirement}, but the model's output is not that linear layer's output; "
                 "use method='gradcam' instead"
             )
-        return module.weight.detach()
+        return weight.detach()
     raise ValueError(
-        f"{requirement}; no nn.Linear with in_features={channels} was called. Use "
+        f"{requirement}; no nn.Linear (Keras: Dense) with in_features={channels} was "
+        "called. Use "
         "method='gradcam' for models without such a head"
     )

@@ -70,6 +70,9 @@ class Explainer:
         **method_options: Any,
     ) -> None:
         self.model = check_model(model)
+        # a Keras model: inputs come in its own layout and go through its adapter
+        self._keras = self.model is not model
+        _check_keras_options(self._keras, eval_mode)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
         if isinstance(noise_smooth, bool) or not isinstance(noise_smooth, int) or noise_smooth < 0:
@@ -90,7 +93,7 @@ class Explainer:
                 f"eigen_smooth needs a method that weights activations; {self.method.name} "
                 "does not (try gradcam, layercam or scorecam)"
             )
-        self._layers = resolve_layers(model, layer)
+        self._layers = resolve_layers(self.model, layer)
         if reshape is not None and not callable(reshape):
             raise TypeError("reshape must be a callable(tensor) -> (B, C, *spatial)")
         self.reshape = reshape
@@ -115,6 +118,8 @@ class Explainer:
         counterfactual: bool = False,
     ) -> Tensor:
         """Maps for ``inputs``: (B, H, W) for one target per image, else (B, K, H, W)."""
+        if self._keras:
+            inputs = self.model.from_user(inputs)  # type: ignore[operator]
         inputs = check_inputs(inputs, self.model)
         size = check_size(size)
         _check_counterfactual(self.method, counterfactual)
@@ -170,8 +175,18 @@ class Explainer:
 
     def __repr__(self) -> str:
         layers = self.layer_names or "auto"
-        model = type(self.model).__name__
+        model = type(getattr(self.model, "keras_model", self.model)).__name__
         return f"Explainer({model}, method={self.method.name!r}, layer={layers})"
+
+
+def _check_keras_options(keras: bool, eval_mode: bool) -> None:
+    """Options that only mean something for PyTorch models, refused for Keras models."""
+    if keras and eval_mode is not True:
+        raise ValueError(
+            "eval_mode=False puts a PyTorch model in training mode; a Keras model is always "
+            "called with training=False (dropout off, batch-norm statistics frozen). Drop "
+            "eval_mode for Keras models"
+        )
 
 
 def _check_counterfactual(method: Method, counterfactual: bool) -> None:
@@ -403,7 +418,9 @@ def compare(
     :class:`PlanRow` per method (its extra forwards on this batch and their estimated
     time, from one timed forward): a chance to show the cost before it is paid.
     """
-    check_model(model)
+    given = model
+    model = check_model(model)
+    _check_keras_options(model is not given, eval_mode)
     if errors not in ("raise", "keep"):
         raise ValueError(f"errors must be 'raise' or 'keep', got {errors!r}")
     names = list(methods) if methods is not None else available_methods()
@@ -418,6 +435,8 @@ def compare(
     chosen = [
         _method(n, batch_size, options.get(n, {})) for n in names
     ]
+    if model is not given:  # a Keras model: inputs in its own layout
+        inputs = model.from_user(inputs)  # type: ignore[operator]
     inputs = check_inputs(inputs, model)
     size = check_size(size)
     layers = resolve_layers(model, layer)

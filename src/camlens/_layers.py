@@ -37,6 +37,8 @@ def output_tensor(output: Any) -> Tensor | None:
 
 def resolve_layers(model: nn.Module, layer: LayerSpec) -> list[tuple[str, nn.Module]] | None:
     """``(name, module)`` pairs for ``layer``; ``None`` means "auto" (found at call time)."""
+    if getattr(model, "camlens_adapter", False):  # a Keras model: layers by Keras name
+        return model.resolve_layers(layer)  # type: ignore[operator, no-any-return]
     if isinstance(layer, str) and layer == "auto":
         return None
     specs: list[Any] = list(layer) if isinstance(layer, (list, tuple)) else [layer]
@@ -90,6 +92,8 @@ def find_auto_layer(model: nn.Module, inputs: Tensor) -> tuple[str, nn.Module]:
     Outputs for only part of the image (Swin's windows, batch size != 1 in the probe) and
     attention heads (B, heads, N, C/heads) never count as grids.
     """
+    if getattr(model, "camlens_adapter", False):
+        return model.auto_layer(inputs)  # type: ignore[operator, no-any-return]
     key = (inputs.ndim, tuple(inputs.shape[1:]), inputs.dtype, inputs.device.type)
     cache = _AUTO_CACHE.setdefault(model, {})
     if key not in cache:

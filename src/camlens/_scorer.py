@@ -104,7 +104,8 @@ class Scorer:
         """
         if self._fast is None:
             self._fast = self.model
-            if self.eval_mode and not _has_hooks(self.model):
+            adapter = getattr(self.model, "camlens_adapter", False)  # Keras: not traceable
+            if self.eval_mode and not adapter and not _has_hooks(self.model):
                 try:
                     from torch.fx.experimental.optimization import fuse
 
@@ -204,14 +205,17 @@ class Scorer:
             like = output_tensor(output)
             assert like is not None
             # back into the layer's own layout: tokens, channels-last
-            x = from_channels_first(current["x"], like, inputs.shape)
+            back = getattr(self.model, "layer_from_channels_first", None)
+            x = back(current["x"]) if back else from_channels_first(current["x"], like,
+                                                                    inputs.shape)
             if isinstance(output, tuple):
                 return (x, *output[1:])
             if isinstance(output, list):
                 return [x, *output[1:]]
             return x
 
-        handle = layer.register_forward_hook(hook)
+        hook_layer = getattr(self.model, "hook_layer", None)  # a Keras model's adapter
+        handle = hook_layer(layer, hook) if hook_layer else layer.register_forward_hook(hook)
         try:
             with ModelGuard(self.model, self.eval_mode), torch.no_grad():
                 for part in self.chunks(count):

@@ -7,8 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._adapters import adapt
+
 
 def check_model(model: Any) -> nn.Module:
+    """The model as the engine runs it: a PyTorch module as it is, a Keras 3 model through
+    its adapter (see :mod:`camlens._adapters`)."""
+    adapter = adapt(model)
+    if adapter is not None:
+        return adapter
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError(
             "camlens reads layers through forward hooks, which TorchScript modules do not "
@@ -17,8 +24,8 @@ def check_model(model: Any) -> nn.Module:
         )
     if not isinstance(model, nn.Module):
         raise TypeError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}; for a TorchScript "
-            "or saved file, load it into an nn.Module first"
+            f"model must be a torch.nn.Module or a Keras 3 model, got {type(model).__name__}; "
+            "for a TorchScript or saved file, load it first (camlens.load_model(path))"
         )
     return model
 

@@ -127,6 +127,19 @@ def _curve(
     return probs.view(b, n_steps + 1)
 
 
+def _adapted(model: Any, inputs: Any, baseline: Any = None) -> tuple[nn.Module, Tensor, Any]:
+    """A Keras model's adapter and its inputs (and a baseline tensor) made channels-first;
+    a PyTorch model and its tensors as they are."""
+    from ._adapters import adapt
+
+    adapter = adapt(model)
+    if adapter is None:
+        return model, inputs, baseline
+    if baseline is not None and not isinstance(baseline, str):
+        baseline = adapter.from_user(baseline)  # type: ignore[operator]
+    return adapter, adapter.from_user(inputs), baseline  # type: ignore[operator]
+
+
 def deletion(
     model: nn.Module, inputs: Tensor, maps: Tensor, target: Any = None, *,
     step: int | None = None, baseline: str | Tensor = "zeros", batch_size: int = 64,
@@ -140,6 +153,7 @@ def deletion(
     normalised trapezoid. Lower is better. All steps of all images run as batched forwards
     without autograd. ``return_curve=True`` gives the curves (B, S+1) instead.
     """
+    model, inputs, baseline = _adapted(model, inputs, baseline)
     base = _baseline(inputs, baseline)
     curve = _curve(model, inputs, maps, target, step, inputs, base, batch_size)
     return curve if return_curve else _auc(curve)
@@ -152,6 +166,7 @@ def insertion(
 ) -> Tensor:
     """Insertion AUC (B,): start from the blurred image, put pixels back, most salient
     first, and watch the probability rise (RISE's protocol). Higher is better."""
+    model, inputs, baseline = _adapted(model, inputs, baseline)
     base = _baseline(inputs, baseline)
     curve = _curve(model, inputs, maps, target, step, base, inputs, batch_size)
     return curve if return_curve else _auc(curve)
@@ -189,6 +204,7 @@ def confidence_change(
     Average drop = ``100 * mean(max(0, Y - O) / Y)``; increase = ``100 * mean(O > Y)``.
     Chattopadhyay et al. 2018, https://arxiv.org/abs/1710.11063
     """
+    model, inputs, _ = _adapted(model, inputs)
     maps = _check_maps(inputs, maps)
     classes = _classes(model, inputs, target)
     b = inputs.shape[0]
@@ -436,16 +452,27 @@ def sanity_check(
     """
     from ._explainer import explain
 
+    model, inputs, _ = _adapted(model, inputs)
     classes = _classes(model, inputs, target)
-    work = copy.deepcopy(model)
+    keras = getattr(model, "camlens_adapter", False)
+    work = model.clone() if keras else copy.deepcopy(model)  # type: ignore[operator]
     original = explain(work, inputs, method=method, target=classes.tolist(), **explain_options)
-    names = list(layers) if layers is not None else [
-        n for n, m in work.named_modules()
-        if any(True for _ in m.parameters(recurse=False))
-    ][::-1]
+    names = list(layers) if layers is not None else (
+        work.weighted_layers() if keras else [  # type: ignore[operator]
+            n for n, m in work.named_modules()
+            if any(True for _ in m.parameters(recurse=False))
+        ])[::-1]
     g = torch.Generator(device="cpu").manual_seed(seed)
     done, rho, sim = [], [], []
     for name in names:
+        if keras:  # a clone of the Keras model: its layers' weights redrawn the same way
+            work.randomize(name, g)  # type: ignore[operator]
+            maps = explain(work, inputs, method=method, target=classes.tolist(),
+                           **explain_options)
+            done.append(name)
+            rho.append(spearman(original, maps))
+            sim.append(ssim(original, maps))
+            continue
         module = work.get_submodule(name)
         with torch.no_grad():
             for p in module.parameters(recurse=False):
@@ -687,6 +714,7 @@ def road(
     percentile (``morf``), or at or below the ``p`` percentile (``lerf``), with
     interpolated percentiles as NumPy's. Rong et al. 2022, https://arxiv.org/abs/2202.00449
     """
+    model, inputs, _ = _adapted(model, inputs)
     maps = _check_maps(inputs, maps)
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")

@@ -57,9 +57,12 @@ class Preprocess:
     crop: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    bgr: bool = False  # channels in B, G, R order (Caffe-style models such as Keras's VGG16)
 
     def __call__(self, image: Any) -> torch.Tensor:
         x = self._cropped(image)
+        if self.bgr:
+            x = x.flip(0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std
@@ -105,6 +108,26 @@ class Preprocess:
 LITE_PREPROCESS = Preprocess(256, 224, (127 / 255,) * 3, (128 / 255,) * 3)
 
 
+# Pixel conventions by name (``--preprocess``): what the model expects of a 0..255 image.
+PREPROCESSING = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),  # torchvision
+    "lite": ((127 / 255,) * 3, (128 / 255,) * 3, False),  # (x - 127) / 128: EfficientNet-Lite
+    "raw": ((0.0,) * 3, (1 / 255,) * 3, False),  # 0..255 (Keras models that rescale inside)
+    "unit": ((0.0,) * 3, (1.0,) * 3, False),  # 0..1
+    "tf": ((0.5,) * 3, (0.5,) * 3, False),  # -1..1 (Keras MobileNet, Inception)
+    # BGR, ImageNet mean subtracted, 0..255 scale: keras.applications VGG16 / ResNet50
+    "caffe": ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3, True),
+}
+
+
+def preprocessing(name: str, crop: int = 224, resize: int | None = None) -> Preprocess:
+    """A :class:`Preprocess` by convention name (see ``PREPROCESSING``)."""
+    if name not in PREPROCESSING:
+        raise unknown_choice("preprocessing", name, PREPROCESSING)
+    mean, std, bgr = PREPROCESSING[name]
+    return Preprocess(resize or round(crop * 256 / 224), crop, mean, std, bgr)  # type: ignore[arg-type]
+
+
 def available_models() -> list[tuple[str, str]]:
     """(spec, description) of the model specs ``load_model`` understands."""
     return [
@@ -116,6 +139,10 @@ def available_models() -> list[tuple[str, str]]:
                     "(--trust-model)"),
         ("ARCH --weights FILE",
          "a state dict for an architecture: weights=FILE, read with weights_only=True"),
+        ("FILE.keras / FILE.h5", "a saved Keras 3 model (camlens[keras]); inputs 0..255 "
+                                 "unless preprocess= (--preprocess) says otherwise"),
+        ("keras:efficientnet-lite0",
+         "the default model rebuilt in Keras with the same weights (camlens[keras])"),
     ]
 
 
@@ -125,15 +152,35 @@ def load_model(
     *,
     trust: bool = False,
     labels: Sequence[str] | None = None,
-) -> tuple[nn.Module, Preprocess, list[str]]:
+    preprocess: str | None = None,
+) -> tuple[Any, Preprocess, list[str]]:
     """Load a model to explain: ``(model in eval mode, preprocess, class names)``.
 
     ``spec``: ``"efficientnet-lite0"`` (default), ``"torchvision:resnet50"``,
-    ``"timm:NAME"``, or a file. Weight files are read with ``weights_only=True``; a fully
-    pickled model (which can run code when loaded) only with ``trust=True``.
+    ``"timm:NAME"``, a file, a Keras file (``.keras``, ``.h5``) or
+    ``"keras:efficientnet-lite0"`` (both give a Keras model). Weight files are read with
+    ``weights_only=True``; a fully pickled model (which can run code when loaded), or a
+    Keras file's Python lambdas (Keras's ``safe_mode``), only with ``trust=True``.
+    ``preprocess``: the model's pixel convention by name (``"imagenet"``, ``"lite"``,
+    ``"raw"``, ``"unit"``, ``"tf"``, ``"caffe"``), overriding the spec's own.
     """
     if not isinstance(spec, str) or not spec:
         raise TypeError("spec must be a model name such as 'efficientnet-lite0' or a file path")
+    if spec.startswith("keras:") or spec.lower().endswith((".keras", ".h5", ".hdf5")):
+        from ._keras_load import load_keras
+
+        if weights is not None and not spec.startswith("keras:"):
+            raise ValueError(
+                f"a Keras file ({spec}) holds its weights; drop weights= (--weights)"
+            )
+        model, pre = load_keras(spec, weights, trust)
+        if preprocess is not None:
+            pre = preprocessing(preprocess, pre.crop)
+        num = _keras_classes(model)
+        names = list(labels) if labels is not None else default_labels(num or 0)
+        if num is not None and len(names) != num:
+            raise ValueError(f"got {len(names)} labels for a model with {num} classes")
+        return model, pre, names
     if spec in (DEFAULT_MODEL, "default"):
         model, pre = _efficientnet_lite0(weights)
     elif spec.startswith("torchvision:"):
@@ -155,11 +202,21 @@ def load_model(
             "Give a spec from camlens.models.available_models() (`camlens models`) or a file",
         )
     model.eval()
+    if preprocess is not None:
+        pre = preprocessing(preprocess, pre.crop, pre.resize)
     num = _num_classes(model)
     names = list(labels) if labels is not None else default_labels(num or 0)
     if num is not None and len(names) != num:
         raise ValueError(f"got {len(names)} labels for a model with {num} classes")
     return model, pre, names
+
+
+def _keras_classes(model: Any) -> int | None:
+    try:
+        shape = model.outputs[0].shape
+    except (AttributeError, ValueError, IndexError, TypeError):
+        return None
+    return int(shape[-1]) if len(shape) == 2 and shape[-1] is not None else None
 
 
 def _num_classes(model: nn.Module) -> int | None:

@@ -4,6 +4,7 @@ reading ``--method`` and ``--target``, progress and the cost plan."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import unicodedata
@@ -18,7 +19,8 @@ import torch
 from .._errors import closest, unknown_choice
 from .._layers import resolve_layers
 from .._registry import available_methods, create_method, method_class
-from ..models import load_model
+from .._validate import check_model
+from ..models import PREPROCESSING, load_model
 from ..targets import TopK
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -193,15 +195,25 @@ def model_options(p: argparse.ArgumentParser, default_model: str) -> None:
                    help=f"model spec (default: {default_model})")
     p.add_argument("--weights", default=None, help="state dict file for the architecture")
     p.add_argument("--trust-model", action="store_true",
-                   help="allow loading a fully pickled model file (runs code from the file)")
+                   help="allow loading a fully pickled model file, or a Keras file's Python "
+                        "lambdas (runs code from the file)")
+    p.add_argument("--preprocess", default=None, choices=sorted(PREPROCESSING),
+                   help="the model's pixel convention (default: the model's own; Keras files: "
+                        "raw 0..255; caffe = BGR minus the ImageNet mean, as Keras's VGG16)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--batch-size", type=positive, default=8)
 
 
 def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any, torch.device]:
     """The model, its preprocessing and labels, the checked layer and the device."""
+    keras = args.model.startswith("keras:") or args.model.lower().endswith(
+        (".keras", ".h5", ".hdf5"))
+    if keras and "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "torch"  # every method works on Keras's torch backend
     try:
-        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model)
+        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model,
+                                               preprocess=args.preprocess)
+        model = check_model(model)  # a Keras model: its channels-first adapter
     except (ValueError, ImportError, TypeError) as err:
         raise CliError(str(err)) from None
     if args.layer:
@@ -209,6 +221,15 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any
             resolve_layers(model, args.layer)
         except ValueError as err:
             raise CliError(str(err)) from None
+    if getattr(model, "camlens_adapter", False):  # Keras places its variables itself
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        if args.device not in ("auto", device.type):
+            raise CliError(
+                f"--device {args.device}: Keras keeps this model on {device.type} (its torch "
+                "backend picks the device when it starts); drop --device"
+            )
+        return model, preprocess, labels, args.layer or "auto", device
     device = _device(args.device)
     model.to(device)
     return model, preprocess, labels, args.layer or "auto", device

@@ -15,7 +15,11 @@ from ._base import LayerData, Method, minmax, spatial_mean
 
 
 def _bias(module: nn.Module) -> Tensor:
-    """The bias a layer adds; for BatchNorm the effective one, ``b - mean * w / std``."""
+    """The bias a layer adds; for BatchNorm the effective one, ``b - mean * w / std``
+    (a Keras layer's through its adapter's ``layer_bias``)."""
+    keras_bias = getattr(module, "camlens_bias", None)
+    if keras_bias is not None:
+        return keras_bias()  # type: ignore[no-any-return]
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         assert module.running_mean is not None and module.running_var is not None
         scale = module.weight / torch.sqrt(module.running_var + module.eps)
@@ -50,6 +54,9 @@ class FullGrad(Method):
         self.eps = float(eps)
 
     def own_layers(self, model: nn.Module, inputs: Tensor) -> list[tuple[str, nn.Module]]:
+        bias_layers = getattr(model, "bias_layers", None)
+        if callable(bias_layers):  # a Keras model's adapter
+            return bias_layers(inputs)  # type: ignore[no-any-return]
         kinds = _BIASED.get(inputs.ndim, ())
         found = [
             (n, m) for n, m in model.named_modules()

@@ -335,7 +335,7 @@ class RISE(Method):
 
         scores = scorer.scores(make, owners, softmax=True)  # probabilities, as in the paper
         scores = scores.view(b, n, -1)  # (B, N, K)
-        sal = torch.einsum("bnk,n...->bk...", scores, masks.float())
+        sal = torch.einsum("bnk,n...->bk...", scores, masks.to(scores.dtype))
         sal = sal / (n * self.p)
         return -sal if data.counterfactual else sal
 
