@@ -46,11 +46,12 @@ def test_explain_outputs_and_predictions(explained):
     res, out = explained
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
-    by_file = {Path(i["file"]).stem: i for i in summary["images"]}
+    by_file = {Path(i["file"]).stem: i for i in _images(out)}
     cat, coffee = by_file["chelsea"], by_file["coffee"]
     assert 281 <= cat["predictions"][0]["class"] <= 285
     assert coffee["predictions"][0]["name"] in ("espresso", "cup")
-    assert summary["layer"] == ["_swish"] and summary["errors"] == []
+    assert summary["layer"] == ["_swish"] and summary["failed"] == 0
+    assert summary["images"] == 2 and not _errors(out)
     for stem in ("chelsea", "sub__coffee"):
         for method in ("gradcam", "gradcam++", "cam"):
             assert (out / f"{stem}_{method}.png").is_file()
@@ -62,8 +63,7 @@ def test_explain_outputs_and_predictions(explained):
 
 def test_gradcam_peak_lies_on_the_cat(explained):
     _, out = explained
-    summary = json.loads((out / "summary.json").read_text())
-    cat = next(i for i in summary["images"] if i["file"].endswith("chelsea.jpg"))
+    cat = next(i for i in _images(out) if i["file"].endswith("chelsea.jpg"))
     x, y = cat["maps"]["gradcam"]["targets"][0]["peak"]
     # the cat's head, drawn by hand on the 451 x 300 photo
     assert 60 <= x <= 400 and 0 <= y <= 300
@@ -93,8 +93,8 @@ def test_bad_inputs_are_reported_and_the_rest_processed(tmp_path):
     assert "no image files in this folder" in err
     assert "missing.jpg: no such file" in err
     summary = json.loads((out / "summary.json").read_text())
-    assert [Path(i["file"]).name for i in summary["images"]] == ["good.png"]
-    assert len(summary["errors"]) == 5
+    assert [Path(i["file"]).name for i in _images(out)] == ["good.png"]
+    assert len(_errors(out)) == 5 and summary["failed"] == 5 and summary["images"] == 1
     assert (out / "good_gradcam.png").is_file() and not (out / "notes_gradcam.png").exists()
 
 
@@ -112,8 +112,7 @@ def test_target_by_name_top5_and_counterfactual(photos, tmp_path):
     res = run("explain", str(photos / "chelsea.jpg"), "--target", "Egyptian_cat",
               "--counterfactual", "--out", str(tmp_path / "a"))
     assert res.returncode == 0, res.stderr
-    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["images"][0]["targets"][0]["class"] == 285
+    assert _images(tmp_path / "a")[0]["targets"][0]["class"] == 285
     res = run("explain", str(photos / "chelsea.jpg"), "--target", "top3", "--out",
               str(tmp_path / "b"), "--colormap", "viridis")
     assert res.returncode == 0, res.stderr
@@ -175,6 +174,15 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def _images(out: Path) -> list[dict]:
+    """The index's records of the images explained (the failed ones left out)."""
+    return [r for r in camlens.read_index(out) if "error" not in r]
+
+
+def _errors(out: Path) -> list[dict]:
+    return [r for r in camlens.read_index(out) if "error" in r]
+
+
 def test_methods_that_cannot_apply_are_skipped_and_the_others_written(photos, tmp_path):
     # EfficientNet-Lite0 runs ReLU6, not ReLU: the guided methods refuse. Named
     # explicitly, each is reported, the others' outputs and summary.json are still
@@ -214,7 +222,7 @@ def test_method_all_skips_what_cannot_apply_and_writes_the_rest(photos, tmp_path
     assert done == set(camlens.available_methods()) - heavy - set(summary["skipped_methods"])
     for m in done:
         assert (out / f"chelsea_{m}.png").is_file() and (out / f"chelsea_{m}.npy").is_file()
-    assert summary["images"][0]["grids"] == ["chelsea_grid.png"]
+    assert _images(out)[0]["grids"] == ["chelsea_grid.png"]
     plan = res.stderr.index("forwards per image")
     assert "scorecam" in res.stderr[:plan + 200] and "ablationcam" in res.stderr
     assert "skipped method guided-backprop: guided backpropagation needs ReLUs" in res.stderr
@@ -260,7 +268,7 @@ def test_an_empty_map_has_no_peak_and_no_box(photos, tmp_path):
     res = run("explain", str(photos / "chelsea.jpg"), "--target", "tiger cat",
               "--counterfactual", "--out", str(out))
     assert res.returncode == 0, res.stderr
-    record = _summary(out)["images"][0]["maps"]["gradcam"]["targets"][0]
+    record = _images(out)[0]["maps"]["gradcam"]["targets"][0]
     assert np.load(out / "chelsea_gradcam.npy").max() == 0
     assert record["peak"] is None and record["box"] is None and record["empty"] is True
     assert "gradcam map of class 'tiger cat' is empty" in res.stderr
@@ -291,11 +299,11 @@ def test_names_without_suffix_unicode_small_and_huge_images(tmp_path):
     assert "DecompressionBombWarning" not in res.stderr
     assert "bomb.png: 9500x9500 = 90,250,000 pixels is over the limit" in res.stderr
     assert "left out 1 file(s) that are not images (readme.txt)" in res.stderr
-    names = {Path(i["file"]).name for i in _summary(out)["images"]}
+    names = {Path(i["file"]).name for i in _images(out)}
     assert names == {"my_café ☕.jpg", "coffee_no_suffix", "tiny.png"}
     assert (out / "my_café_gradcam.png").is_file()
     assert (out / "coffee_no_suffix_gradcam.png").is_file()
-    tiny = next(i for i in _summary(out)["images"] if i["file"].endswith("tiny.png"))
+    tiny = next(i for i in _images(out) if i["file"].endswith("tiny.png"))
     assert "8x8 is far smaller than the model's 224x224 input: it was upscaled 32x" in \
         tiny["notes"][0]
     assert "tiny.png: 8x8 is far smaller" in res.stderr
@@ -328,12 +336,21 @@ def test_evaluate_default_is_quick_and_reports_per_image(photos, tmp_path):
     assert summary["metrics"] == ["deletion", "insertion", "average_drop", "increase"]
     assert summary["step"] == 2509  # 5 % of 224 x 224, rounded up
     assert "plan: 1 image(s) x 2 method(s) x 4 metric(s)" in res.stderr
-    (image,) = summary["images"]
+    assert summary["images"] == 1 and summary["index"] == "index.jsonl"
+    (image,) = camlens.read_index(out)  # the per-image scores, one line per image
     assert image["file"].endswith("chelsea.jpg") and 281 <= image["class"] <= 285
     for m in ("gradcam", "layercam"):
         row = next(r for r in summary["results"] if r["method"] == m)
         assert image["results"][m]["deletion"] == pytest.approx(row["deletion"])
     assert "road_morf" not in res.stdout
+    # the same command again resumes: nothing is scored twice, the tables are the same
+    again = run("evaluate", str(photos / "chelsea.jpg"), "--method", "gradcam,layercam",
+                "--out", str(out))
+    assert again.returncode == 0 and "1 image(s) already done, 0 to go" in again.stderr
+    assert json.loads((out / "evaluation.json").read_text())["results"] == summary["results"]
+    other = run("evaluate", str(photos / "chelsea.jpg"), "--method", "gradcam", "--out",
+                str(out))
+    assert other.returncode == 2 and "other options" in other.stderr
 
 
 def test_evaluate_box_metrics_that_score_nothing_fail(photos, tmp_path):

@@ -12,6 +12,7 @@ from ._derive import boxes, masks
 from ._explainer import Explainer, compare, explain
 from ._registry import available_methods, describe, register_method
 from .models import load_model
+from .runner import read_index, read_maps, run
 from .targets import (
     BoxTarget,
     ClassTarget,
@@ -51,6 +52,9 @@ __all__ = [
     "explain",
     "load_model",
     "masks",
+    "read_index",
+    "read_maps",
     "register_method",
+    "run",
     "targets",
 ]

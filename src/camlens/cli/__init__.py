@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="negated gradients: what argues against the class")
     _option_flag(e)
     e.add_argument("--out", default="camlens-out", help="output folder (default: camlens-out)")
+    e.add_argument("--save", default="overlay,grid,npy",
+                   help="what to write per image: overlay, grid, npy, shards (maps in a few "
+                        "large files instead of .npy files), mask (default: overlay,grid,npy)"
+                        "; index.jsonl always records the peaks and boxes")
+    e.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: threads on this machine (default); ray: a pool of Ray actors "
+                        "(camlens[ray]), a local Ray instance or --address's cluster")
+    e.add_argument("--address", default=None,
+                   help="with --engine ray: the address of a running Ray cluster to join")
+    e.add_argument("--restart", action="store_true",
+                   help="delete the outputs of the run in --out and start again (by default "
+                        "a folder holding the same run is resumed, another run refused)")
     _picture_options(e)
     e.set_defaults(func=cmd_explain)
 
@@ -66,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default=",".join(DEMO_METHODS))
     model_options(d, DEFAULT_MODEL)
     _picture_options(d)
-    d.set_defaults(func=_cmd_demo, target="top1", layer=None, counterfactual=False, option=None)
+    d.set_defaults(func=_cmd_demo, target="top1", layer=None, counterfactual=False, option=None,
+                   save="overlay,grid,npy", restart=False, engine="local", address=None)
 
     ev = sub.add_parser("evaluate", help="score methods' maps: a methods x metrics table")
     ev.add_argument("paths", nargs="+", metavar="IMAGES")
@@ -92,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-pixels", type=positive, default=None)
     ev.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
                     help="progress bars on stderr (auto: only on a terminal)")
+    ev.add_argument("--restart", action="store_true",
+                    help="delete the evaluation in --out and start again (by default a "
+                         "folder holding the same evaluation is resumed)")
     ev.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("methods", help="list the methods and the method groups")

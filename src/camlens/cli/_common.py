@@ -120,10 +120,12 @@ def _looks_like_image(path: Path) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def output_names(files: Sequence[tuple[Path, str, str]]) -> list[str]:
+def output_names(files: Sequence[tuple[Path, str, str]], taken: set[str] | None = None,
+                 ) -> list[str]:
     """A safe, unique file stem per image: letters and digits of any script, '.', '_' and
-    '-'; sub-folders become ``__`` so that nothing is written outside the output folder."""
-    taken: set[str] = set()
+    '-'; sub-folders become ``__`` so that nothing is written outside the output folder.
+    ``taken``: stems already used in the folder (lower case), by a run being resumed."""
+    taken = set(taken or ())
     names = []
     for _, _, rel in files:
         parts = [unicodedata.normalize("NFC", part) for part in Path(rel).parts

@@ -16,6 +16,8 @@ from .._errors import unknown_choice
 from .._explainer import compare
 from .._guard import ModelGuard
 from .._scorer import time_forward
+from ..runner._index import INDEX, RunFolderError, RunIndex, read_index
+from ..runner._local import IndexedRun, remaining
 from ._common import (
     CliError,
     Run,
@@ -42,31 +44,59 @@ ROAD_PERCENTILES = 9
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .. import metrics as M
+    """Scores streamed into ``index.jsonl`` (resumable like ``explain``), then the tables."""
     from .._annotations import load_annotations
-    from ..viz import DEFAULT_MAX_PIXELS, atomic_write
 
     methods = parse_methods(args.method, args.option)
     chosen = parse_metrics("all" if args.full else args.metric, args.annotations is not None)
-    out = output_folder(args.out)
     annotations = {}
     if args.annotations:
         try:
             annotations = load_annotations(args.annotations)
         except ValueError as err:
             raise CliError(str(err)) from None
-    run = Run()
-    files = collect(args.paths, run)
-    if annotations and files:
-        _check_matches(annotations, files)
+    found = collect(args.paths, Run())
+    if annotations and found:
+        _check_matches(annotations, found)
     model, preprocess, labels, layer, device = load(args)
     side = preprocess.crop
     step = args.step or math.ceil(side * side * (FULL_STEP if args.full else QUICK_STEP))
+    out = output_folder(args.out)
+    try:
+        index = RunIndex(out, _fingerprint(args, methods, chosen, step, annotations),
+                         restart=getattr(args, "restart", False))
+    except RunFolderError as err:
+        raise CliError(str(err)) from None
+    with index:
+        return _evaluate(args, index, methods, chosen, annotations, model, preprocess, labels,
+                         layer, device, step, out)
+
+
+def _fingerprint(args: argparse.Namespace, methods: Any, chosen: Sequence[str], step: int,
+                 annotations: dict[str, Any]) -> dict[str, Any]:
+    """What decides an evaluation's numbers: a resumed run must match it."""
+    return {"command": "evaluate", "model": args.model, "weights": args.weights,
+            "preprocess": getattr(args, "preprocess", None), "methods": methods.names,
+            "options": {m: methods.options_for([m]).get(m, {}) for m in methods.names},
+            "layer": args.layer, "metrics": list(chosen), "step": step,
+            "annotations": json.dumps(annotations, sort_keys=True, default=str),
+            "max_pixels": args.max_pixels}
+
+
+def _evaluate(args: argparse.Namespace, index: RunIndex, methods: Any, chosen: list[str],
+              annotations: dict[str, Any], model: Any, preprocess: Any, labels: Any,
+              layer: Any, device: Any, step: int, out: Path) -> int:
+    """The streaming part: one index line per image as it is scored; the tables are
+    derived from the index at the end (a resumed run's images included)."""
+    from tqdm import tqdm
+
+    from .. import metrics as M
+    from ..viz import DEFAULT_MAX_PIXELS, atomic_write
+
+    side = preprocess.crop
+    run = IndexedRun(index)
+    files = remaining(args.paths, run)
     show = show_progress(args.progress)
-    values: dict[tuple[str, str], list[float]] = {}
-    per_image: list[dict[str, Any]] = []
     bar = None
     for start in range(0, len(files), args.batch_size):
         chunk = range(start, min(start + args.batch_size, len(files)))
@@ -92,21 +122,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         classes = result.classes[:, 0]
         regions, truth, keep = _regions(loaded, files, annotations, preprocess, run,
                                         bool(set(chosen) & set(BOX_METRICS)))
-        rows = [{"file": files[i][1], "class": int(classes[b]), "label": labels[int(classes[b])],
-                 "results": {}} for b, (i, _, _) in enumerate(loaded)]
+        rows = [{"key": files[i][1], "file": files[i][1], "class": int(classes[b]),
+                 "label": labels[int(classes[b])], "results": {}}
+                for b, (i, _, _) in enumerate(loaded)]
         for name in live:
             maps = result[name]
             got = _metrics(M, chosen, model, x, maps, classes, regions, truth, keep, step)
             for metric, vals in got.items():
-                values.setdefault((name, metric), []).extend(v for v in vals if v is not None)
                 for b, v in enumerate(vals):
                     rows[b]["results"].setdefault(name, {})[metric] = v
             bar.update(len(loaded))
-        per_image += rows
-        run.images += [{"file": files[i][1]} for i, _, _ in loaded]
+        for row in rows:
+            index.append(row)
     if bar is not None:
         bar.close()
     evaluated = methods.live()
+    values, scored_images = _totals(out, evaluated, chosen)
     table = _table(evaluated, chosen, values)
     print(table)
     rows_out = [
@@ -117,12 +148,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ",".join([r["method"]] + ["" if r[k] is None else f"{r[k]:.6g}" for k in chosen])
         for r in rows_out
     ]) + "\n"
-    empty = [k for k in chosen if all(values.get((m, k)) in (None, []) for m in evaluated)]
+    empty = [k for k in chosen if all(values.get((m, k)) is None for m in evaluated)]
     summary = {
         "model": args.model, "metrics": chosen, "step": step, "full": bool(args.full),
         "higher_is_better": {k: EVAL_METRICS[k] for k in chosen}, "results": rows_out,
-        "images": per_image, "errors": run.errors, "method_errors": methods.failed,
-        "skipped_methods": methods.skipped, "unscored_metrics": empty,
+        "index": INDEX, "images": scored_images, "failed": index.counts["failed"],
+        "method_errors": methods.failed, "skipped_methods": methods.skipped,
+        "unscored_metrics": empty,
     }
     atomic_write(out / "evaluation.csv", csv.encode("utf-8"))
     atomic_write(out / "evaluation.json", json.dumps(summary, indent=2, ensure_ascii=False)
@@ -132,12 +164,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         why = " (no image has an annotated box inside the model's crop)" \
             if k in BOX_METRICS else ""
         say(f"error: {k} was computed for no image{why}")
-    if not run.images or not evaluated:
+    if not scored_images or not evaluated:
         say("error: nothing was evaluated")
-    say(f"evaluated {len(run.images)} image(s) with {len(evaluated)} method(s); tables in {out}"
-        + (f"; {len(run.errors)} failed" if run.errors else ""))
-    scored = bool(run.images) and bool(evaluated) and not empty
-    return 1 if run.errors or methods.failed or not scored else 0
+    failed = index.counts["failed"]
+    say(f"evaluated {scored_images} image(s) with {len(evaluated)} method(s); tables in {out}"
+        + (f"; {failed} failed (see {INDEX})" if failed else ""))
+    scored = bool(scored_images) and bool(evaluated) and not empty
+    return 1 if failed or methods.failed or not scored else 0
+
+
+def _totals(out: Path, methods: Sequence[str], chosen: Sequence[str],
+            ) -> tuple[dict[tuple[str, str], list[float]], int]:
+    """(sum, count) per (method, metric) over the index's images, read line by line, and
+    the number of images scored."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    images = 0
+    for record in read_index(out):
+        if "error" in record:
+            continue
+        images += 1
+        for m in methods:
+            for k in chosen:
+                v = record["results"].get(m, {}).get(k)
+                if v is not None:
+                    total = totals.setdefault((m, k), [0.0, 0])
+                    total[0] += v
+                    total[1] += 1
+    return totals, images
 
 
 def parse_metrics(text: str, have_boxes: bool) -> list[str]:
@@ -269,8 +322,9 @@ def _box_metric(M: Any, metric: str, maps: torch.Tensor, classes: torch.Tensor, 
     return values
 
 
-def _mean(vals: list[float] | None) -> float | None:
-    return float(np.mean(vals)) if vals else None
+def _mean(total: list[float] | None) -> float | None:
+    """The mean of a (sum, count) total; None when nothing was scored."""
+    return total[0] / total[1] if total and total[1] else None
 
 
 def _table(methods: Sequence[str], chosen: Sequence[str],

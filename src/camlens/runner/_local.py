@@ -1,0 +1,443 @@
+"""The dataset runner on one machine: ``camlens explain`` and :func:`camlens.run`.
+
+Streams: images are decoded by threads a batch ahead of the model, every batch gets one
+shared forward/gradient pass for all methods, pictures are written by threads while the
+model runs the next batch, and each finished image becomes one line of the folder's index
+(:mod:`._index`). Nothing per image is kept: memory is flat however many images there are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import io
+import json
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .._errors import unknown_choice
+from .._explainer import compare
+from ..cli._common import (
+    CliError,
+    Methods,
+    Run,
+    collect,
+    decode,
+    inside,
+    load,
+    output_folder,
+    output_names,
+    parse_methods,
+    parse_target,
+    print_plan,
+    probabilities,
+    say,
+    show_progress,
+    small_image_note,
+)
+from ._index import INDEX, RunFolderError, RunIndex
+
+
+@dataclass
+class Job:
+    """The settings of one ``explain`` run, shared by its batches."""
+
+    args: argparse.Namespace
+    files: Sequence[tuple[Path, str, str]]
+    names: Sequence[str]
+    out: Path
+    model: torch.nn.Module
+    preprocess: Any
+    labels: Sequence[str]
+    target: Any
+    layer: Any
+    device: torch.device
+    max_pixels: int
+    methods: Methods
+    show: bool = False
+    index: Any = None
+    planned: bool = False
+    finished: int = 0
+    layer_names: list[str] = field(default_factory=list)
+
+
+SAVE_CHOICES = ("overlay", "grid", "npy", "shards", "mask")
+DEFAULT_SAVE = ("overlay", "grid", "npy")
+
+
+def parse_save(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``--save``: what to write for each image (the index records peaks and boxes always)."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text)]
+    items = [t for t in items if t]
+    for item in items:
+        if item not in SAVE_CHOICES:
+            raise CliError(str(unknown_choice("--save item", item, SAVE_CHOICES)))
+    if "npy" in items and "shards" in items:
+        raise CliError("--save: choose npy (a file per image) or shards (a few large files)")
+    return tuple(dict.fromkeys(items))
+
+
+def fingerprint(args: argparse.Namespace, methods: Methods) -> dict[str, Any]:
+    """The options that decide what a run's outputs are: a resumed run must match them."""
+    weights = getattr(args, "weights", None)
+    stat = Path(weights).stat() if weights and Path(weights).is_file() else None
+    return {
+        "model": args.model,
+        "weights": [str(weights), stat.st_size, int(stat.st_mtime)] if stat else weights,
+        "preprocess": getattr(args, "preprocess", None),
+        "methods": methods.names,
+        "options": {m: methods.options_for([m]).get(m, {}) for m in methods.names},
+        "layer": args.layer,
+        "target": args.target,
+        "counterfactual": bool(args.counterfactual),
+        "save": list(args.save),
+        "alpha": args.alpha,
+        "colormap": args.colormap,
+        "threshold": args.threshold,
+        "max_pixels": args.max_pixels,
+    }
+
+
+class IndexedRun(Run):
+    """Failures go to the index as they happen (nothing per image is held in memory)."""
+
+    def __init__(self, index: RunIndex) -> None:
+        super().__init__()
+        self.index = index
+        self.failed = 0
+
+    def fail(self, name: str, reason: str) -> None:
+        self.failed += 1
+        if name not in self.index.done:
+            self.index.append({"key": name, "file": name, "error": reason})
+        say(f"skipped {name}: {reason}")
+
+
+def remaining(paths: Sequence[str], run: IndexedRun) -> list[tuple[Path, str, str]]:
+    """The images of ``paths`` that the folder's index does not hold yet (all of them for
+    a new run); says how many a resumed run skips."""
+    found = collect(paths, run)
+    files = [f for f in found if f[1] not in run.index.done]
+    if len(files) < len(found):
+        say(f"resuming {run.index.out}: {len(found) - len(files)} image(s) already done, "
+            f"{len(files)} to go")
+    return files
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """The dataset runner on this machine: decode (threads) -> one pass per batch ->
+    pictures written by threads -> one index line per image. Resumes a folder that holds
+    the same run; returns the exit code (1 if an image or a method failed)."""
+    from tqdm import tqdm
+
+    from ..viz import DEFAULT_MAX_PIXELS, atomic_write, available_colormaps
+
+    methods = parse_methods(args.method, args.option)
+    if args.colormap not in available_colormaps():
+        raise CliError(str(unknown_choice("colormap", args.colormap, available_colormaps())))
+    if not 0 <= args.alpha <= 1:
+        raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not 0 <= args.threshold <= 1:
+        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
+    args.save = parse_save(args.save)
+    # usage errors first: the folder is touched only by a run that can start
+    model, preprocess, labels, layer, device = load(args)
+    target = parse_target(args.target, labels)
+    out = output_folder(args.out)
+    try:
+        index = RunIndex(out, fingerprint(args, methods), restart=args.restart)
+    except RunFolderError as err:
+        raise CliError(str(err)) from None
+    with index:
+        run = IndexedRun(index)
+        files = remaining(args.paths, run)
+        job = Job(args, files, output_names(files, index.stems), out, model, preprocess,
+                  labels, target, layer, device, args.max_pixels or DEFAULT_MAX_PIXELS,
+                  methods, show=show_progress(args.progress), index=index)
+        try:
+            if getattr(args, "engine", "local") == "ray":
+                from ._ray import run_ray
+
+                run_ray(job, run)
+            else:
+                _loop(job, run, tqdm)
+        except _StorageError as err:
+            raise CliError(
+                f"could not write to {out}: {err.strerror or err}. Every image finished so "
+                "far is in its index; free space (or fix the folder) and run the same "
+                "command again to resume"
+            ) from None
+        summary = {
+            "camlens": __version__,
+            "model": args.model,
+            "layer": job.layer_names,
+            "methods": methods.live(),
+            "target": args.target,
+            "counterfactual": bool(args.counterfactual),
+            "index": INDEX,
+            "images": index.counts["done"],
+            "failed": index.counts["failed"],
+            "method_errors": methods.failed,
+            "skipped_methods": methods.skipped,
+        }
+        atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False)
+                     .encode("utf-8"))
+    failed = index.counts["failed"]  # of the whole run, resumed parts included
+    say(f"explained {job.finished} image(s) into {out}"
+        + (f"; {failed} failed (see {INDEX})" if failed else ""))
+    return 1 if failed or methods.failed else 0
+
+
+def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
+    """Batches through the model; the next batch decodes (threads) while this one runs,
+    and pictures are written by threads while the model runs the next."""
+    size = job.args.batch_size
+    chunks = [range(s, min(s + size, len(job.files))) for s in range(0, len(job.files), size)]
+    readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-decode")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-write")
+    pending: list[tuple[int, Future[dict[str, Any]]]] = []
+    bar = tqdm(total=len(job.files), unit="img", desc="camlens explain", disable=not job.show,
+               leave=False)
+
+    def read(chunk: range) -> list[Future[list[Any]]]:  # one task per image: 2 decode at once
+        return [readers.submit(decode, job.files, range(i, i + 1), job.preprocess,
+                               job.max_pixels, run) for i in chunk]
+
+    try:
+        ahead = read(chunks[0]) if chunks else None
+        for n, chunk in enumerate(chunks):
+            assert ahead is not None
+            loaded = [item for task in ahead for item in task.result()]
+            ahead = read(chunks[n + 1]) if n + 1 < len(chunks) else None
+            pending += _explain_batch(job, loaded, run, pool)
+            while len(pending) > 4 * size:  # bound the pictures held in memory
+                _collect_result(job, pending.pop(0), run)
+            while pending and pending[0][1].done():
+                _collect_result(job, pending.pop(0), run)
+            bar.update(len(chunk))
+    except BaseException:  # Ctrl-C, a full disk: finish what is written, then stop
+        bar.close()
+        try:
+            while pending:
+                _collect_result(job, pending.pop(0), run)
+        except _StorageError:
+            pass  # already stopping
+        finally:
+            readers.shutdown(cancel_futures=True)
+            pool.shutdown()
+        raise
+    bar.close()
+    try:
+        while pending:
+            _collect_result(job, pending.pop(0), run)
+    finally:
+        readers.shutdown(cancel_futures=True)
+        pool.shutdown()
+
+
+def _collect_result(job: Job, item: tuple[int, Future[dict[str, Any]]], run: IndexedRun) -> None:
+    """The image's files are in place: its index line makes it done."""
+    index, future = item
+    try:
+        record = future.result()
+    except OSError as err:
+        if err.errno in _STORAGE_ERRNOS:  # the folder, not the image: stop, resumable
+            raise _StorageError(err.errno, err.strerror) from err
+        run.fail(job.files[index][1], f"could not write its outputs: {err}")
+        return
+    except ValueError as err:  # a failed write: report the image, go on
+        run.fail(job.files[index][1], f"could not write its outputs: {err}")
+        return
+    try:
+        job.index.append(record)
+    except OSError as err:
+        if err.errno in _STORAGE_ERRNOS:
+            raise _StorageError(err.errno, err.strerror) from err
+        raise
+    job.finished += 1
+
+
+class _StorageError(OSError):
+    """The output folder cannot take more writes (full, read-only, failing)."""
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def _explain_batch(
+    job: Job, loaded: list[tuple[int, np.ndarray, torch.Tensor]], run: Run,
+    pool: ThreadPoolExecutor,
+) -> list[tuple[int, Future[dict[str, Any]]]]:
+    """Explain one decoded batch; queue the writing of its pictures."""
+    methods = job.methods.live()
+    if not loaded or not methods:
+        return []
+    x = torch.stack([t for _, _, t in loaded]).to(job.device)
+
+    def plan(rows: list[Any]) -> None:
+        if not job.planned:
+            job.planned = True
+            print_plan(rows, len(loaded), len(job.files))
+
+    try:
+        result = compare(job.model, x, methods, job.layer, job.target,
+                         counterfactual=job.args.counterfactual, errors="keep",
+                         batch_size=max(job.args.batch_size, 32), progress=job.show, plan=plan,
+                         options=job.methods.options_for(methods))
+    except ValueError as err:  # the pass itself failed (e.g. NaN scores): this batch only
+        for i, _, _ in loaded:
+            run.fail(job.files[i][1], str(err))
+        return []
+    job.layer_names[:] = result.layer_names or job.layer_names
+    job.methods.record(result)
+    return [(item["index"], pool.submit(_render, job, item))
+            for item in _prepare_batch(job, loaded, result)]
+
+
+def _prepare_batch(
+    job: Job, loaded: list[tuple[int, np.ndarray, torch.Tensor]], result: Any
+) -> list[dict[str, Any]]:
+    """Everything torch computes for a batch, moved to numpy: one item per image."""
+    from .._derive import boxes
+
+    probs = probabilities(result.output)
+    good = {k: v for k, v in result.items() if not isinstance(v, Exception)}
+    items = []
+    for b, (i, rgb, _) in enumerate(loaded):
+        maps = {}
+        for method, m in good.items():
+            m = m[b][None] if m[b].ndim == 2 else m[b]  # (K, H, W)
+            empty = (m.flatten(1).amax(1) <= 0).tolist()
+            maps[method] = (m.cpu().numpy(), boxes(m, job.args.threshold).tolist(),
+                            m.flatten(1).argmax(1).tolist(), empty)
+        items.append({
+            "index": i,
+            "rgb": rgb,
+            "crop": job.preprocess.crop_box(*rgb.shape[:2]),
+            "probs": probs[b].numpy() if probs is not None else None,
+            "classes": result.classes[b].tolist() if result.classes is not None else [None],
+            "maps": maps,
+            "note": small_image_note(rgb, job.preprocess),
+        })
+    return items
+
+
+def _render(job: Job, item: dict[str, Any]) -> dict[str, Any]:
+    """Overlays, raw maps and the grid of one image, each written atomically; its summary."""
+    from ..viz import atomic_write, compose_grid, compose_rows, overlay, save_image
+
+    args, labels = job.args, job.labels
+    i, rgb, probs, cls = item["index"], item["rgb"], item["probs"], item["classes"]
+    name, shown = job.names[i], job.files[i][1]
+    x0, y0, x1, y1 = item["crop"]
+    crop = rgb[y0:y1, x0:x1]
+    size = job.preprocess.crop
+    sx, sy = (x1 - x0) / size, (y1 - y0) / size
+    top = np.argsort(-probs)[:5] if probs is not None else []
+    save = args.save
+    entry: dict[str, Any] = {
+        "key": shown,
+        "file": shown,
+        "stem": name,
+        "size": [rgb.shape[1], rgb.shape[0]],
+        "crop": [x0, y0, x1, y1],
+        "predictions": [
+            {"class": int(c), "name": labels[int(c)], "probability": round(float(probs[c]), 6)}
+            for c in top
+        ],
+        "targets": [
+            {"class": c, "name": labels[c] if c is not None else None,
+             "probability": round(float(probs[c]), 6) if c is not None and probs is not None
+             else None}
+            for c in cls
+        ],
+        "maps": {},
+        "notes": [],
+    }
+    if item["note"]:
+        entry["notes"].append(item["note"])
+        say(f"{shown}: {item['note']}")
+    rows: list[tuple[list[np.ndarray], list[str]]] = [([], []) for _ in cls]
+    for method, (m, bx, peaks, empty) in item["maps"].items():
+        records = []
+        for k in range(m.shape[0]):
+            suffix = "" if m.shape[0] == 1 else f"_top{k + 1}"
+            record: dict[str, Any] = {"class": cls[k]}
+            picture = None
+            if "overlay" in save or "grid" in save:
+                picture = overlay(crop, m[k], args.alpha, args.colormap)
+            if "overlay" in save:
+                png = inside(job.out, f"{name}_{method}{suffix}.png")
+                assert picture is not None
+                picture.save(png)
+                record["overlay"] = png.name
+            if "mask" in save:  # the map at or above the box threshold, in the crop's pixels
+                mask_png = inside(job.out, f"{name}_{method}{suffix}_mask.png")
+                keep = m[k] >= args.threshold * max(float(m[k].max()), 1e-12)
+                save_image(np.repeat((keep * 255).astype(np.uint8)[..., None], 3, -1),
+                           mask_png)
+                record["mask"] = mask_png.name
+            if empty[k]:
+                record.update(peak=None, box=None, empty=True)
+                what = f"class {labels[cls[k]]!r}" if cls[k] is not None else "the target"
+                side = "against" if args.counterfactual else "for"
+                say(f"{shown}: the {method} map of {what} is empty (all zero: nothing in the "
+                    f"image argues {side} it at this layer); no peak or box")
+            else:
+                py, px = divmod(int(peaks[k]), m.shape[-1])
+                record.update(
+                    peak=[round(x0 + (px + 0.5) * sx), round(y0 + (py + 0.5) * sy)],
+                    box=[round(x0 + bx[k][0] * sx), round(y0 + bx[k][1] * sy),
+                         round(x0 + bx[k][2] * sx), round(y0 + bx[k][3] * sy)],
+                    empty=False,
+                )
+            records.append(record)
+            if picture is not None:
+                rows[k][0].append(picture)
+            rows[k][1].append(_title(method, cls[k], labels, probs, args.counterfactual,
+                                     empty[k]))
+        raw = (m[0] if m.shape[0] == 1 else m).astype(np.float32)
+        entry["maps"][method] = {"targets": records}
+        if "npy" in save:
+            npy = inside(job.out, f"{name}_{method}.npy")
+            buf = io.BytesIO()
+            np.save(buf, raw)
+            atomic_write(npy, buf.getvalue())
+            entry["maps"][method]["npy"] = npy.name
+        elif "shards" in save:
+            entry["maps"][method]["shard"] = job.index.shard().add(raw)
+    entry["grids"] = []
+    if "grid" in save and rows and rows[0][0]:
+        path = inside(job.out, f"{name}_grid.png")
+        if len(rows) == 1:
+            compose_grid(crop, rows[0][0], rows[0][1]).save(path)
+        else:  # one row per class: the image labelled with the class, then the methods
+            heads = [_row_title(k, c, labels, probs) for k, c in enumerate(cls)]
+            compose_rows(crop, [(heads[k], pics, titles)
+                                for k, (pics, titles) in enumerate(rows)]).save(path)
+        entry["grids"].append(path.name)
+    return entry
+
+
+def _title(method: str, cls: Any, labels: Sequence[str], probs: Any, counter: bool,
+           empty: bool = False) -> str:
+    mark = " (empty)" if empty else ""
+    if cls is None:
+        return method + mark
+    label = labels[cls]
+    p = f" {float(probs[cls]):.1%}" if probs is not None else ""
+    return f"{method}{' (against)' if counter else ''}: {label}{p}{mark}"
+
+
+def _row_title(k: int, cls: Any, labels: Sequence[str], probs: Any) -> str:
+    if cls is None:
+        return f"target {k + 1}"
+    p = f" {float(probs[cls]):.1%}" if probs is not None else ""
+    return f"top {k + 1}: {labels[cls]}{p}"
