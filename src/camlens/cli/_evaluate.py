@@ -16,8 +16,6 @@ from .._errors import unknown_choice
 from .._explainer import compare
 from .._guard import ModelGuard
 from .._scorer import time_forward
-from ..runner._index import INDEX, RunFolderError, RunIndex, read_index
-from ..runner._local import IndexedRun, remaining
 from ._common import (
     CliError,
     Run,
@@ -46,6 +44,7 @@ ROAD_PERCENTILES = 9
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Scores streamed into ``index.jsonl`` (resumable like ``explain``), then the tables."""
     from .._annotations import load_annotations
+    from ..runner._index import RunFolderError, RunIndex
 
     methods = parse_methods(args.method, args.option)
     chosen = parse_metrics("all" if args.full else args.metric, args.annotations is not None)
@@ -83,7 +82,7 @@ def _fingerprint(args: argparse.Namespace, methods: Any, chosen: Sequence[str], 
             "max_pixels": args.max_pixels}
 
 
-def _evaluate(args: argparse.Namespace, index: RunIndex, methods: Any, chosen: list[str],
+def _evaluate(args: argparse.Namespace, index: Any, methods: Any, chosen: list[str],
               annotations: dict[str, Any], model: Any, preprocess: Any, labels: Any,
               layer: Any, device: Any, step: int, out: Path) -> int:
     """The streaming part: one index line per image as it is scored; the tables are
@@ -91,6 +90,8 @@ def _evaluate(args: argparse.Namespace, index: RunIndex, methods: Any, chosen: l
     from tqdm import tqdm
 
     from .. import metrics as M
+    from ..runner._index import INDEX
+    from ..runner._local import IndexedRun, remaining
     from ..viz import DEFAULT_MAX_PIXELS, atomic_write
 
     side = preprocess.crop
@@ -177,6 +178,8 @@ def _totals(out: Path, methods: Sequence[str], chosen: Sequence[str],
             ) -> tuple[dict[tuple[str, str], list[float]], int]:
     """(sum, count) per (method, metric) over the index's images, read line by line, and
     the number of images scored."""
+    from ..runner._index import read_index
+
     totals: dict[tuple[str, str], list[float]] = {}
     images = 0
     for record in read_index(out):

@@ -221,6 +221,7 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
                 _collect_result(job, pending.pop(0), run)
             while pending and pending[0][1].done():
                 _collect_result(job, pending.pop(0), run)
+            job.index.sync()  # one fsync per batch, not per image
             bar.update(len(chunk))
     except BaseException:  # Ctrl-C, a full disk: finish what is written, then stop
         bar.close()
