@@ -212,8 +212,11 @@ def test_ctrl_c_stops_cleanly_and_resumes(photos, reference, tmp_path):
     out = tmp_path / "out"
     args = _cli("explain", str(photos), "--out", str(out), "--batch-size", "2",
                 "--method", "gradcam,layercam")
+    # a shell's background job inherits SIGINT ignored (and Python then keeps it ignored):
+    # give the child the default disposition, as a terminal's foreground job has
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         index = out / "index.jsonl"
