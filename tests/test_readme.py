@@ -202,12 +202,21 @@ def check_metrics(ns: dict[str, Any], folder: Path) -> None:
     assert tuple(ns["predicted"].shape) == (1,)
 
 
+def check_own_model(ns: dict[str, Any], folder: Path) -> None:
+    import camlens
+
+    records = list(camlens.read_index(folder / "own-model-run"))
+    assert len(records) == 2 and all(r["targets"][0]["name"] in ("no", "yes") for r in records)
+    assert ns["net"].training  # a new Sequential is in train mode, and stays so
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "import camlens": check_intro,
     "import torch": check_models,
     "import os": check_keras,
     "from torch import nn": check_tasks,
     "from camlens import metrics": check_metrics,
+    "from camlens.models import preprocessing": check_own_model,
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -247,3 +248,78 @@ def test_summary_is_derived_from_the_index(reference):
     assert summary["index"] == "index.jsonl"
     assert summary["images"] == sum("error" not in r for r in records) == N
     assert summary["failed"] == 1
+
+
+class _Tiny(torch.nn.Module):
+    """conv -> ReLU -> GAP -> linear, 3 classes: small enough to explain in milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_run_takes_a_model_object_and_leaves_it_as_it_was(photos, tmp_path):
+    from camlens.models import preprocessing
+
+    model = _Tiny().train()
+    model.conv.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pre = preprocessing("unit", crop=32, resize=32)
+    out = tmp_path / "out"
+    summary = camlens.run(photos, out, model=model, preprocess=pre, labels=["a", "b", "c"],
+                          method="cam,gradcam", save="npy")
+    assert summary["images"] == N and summary["failed"] == 1
+    assert model.training and not model.conv.weight.requires_grad
+    assert torch.equal(model.fc.weight.grad, torch.ones_like(model.fc.weight))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not model._forward_hooks and not model.conv._forward_hooks
+
+    # the maps are those of camlens.explain on the same preprocessed image, in eval mode
+    record = next(r for r in _records(out) if r.get("stem") == "p00")
+    x = pre(photos / "p00.jpg")[None]
+    expected = camlens.explain(model, x, "gradcam", layer="relu")
+    saved = np.load(out / record["maps"]["gradcam"]["npy"])
+    np.testing.assert_allclose(saved, expected[0].numpy(), atol=1e-6)
+    assert record["targets"][0]["name"] in ("a", "b", "c")
+
+    # resumed with the same weights; refused once they change
+    again = camlens.run(photos, out, model=model, preprocess=pre, labels=["a", "b", "c"],
+                        method="cam,gradcam", save="npy")
+    assert again["images"] == N
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    with pytest.raises(ValueError, match="other options.*model"):
+        camlens.run(photos, out, model=model, preprocess=pre, labels=["a", "b", "c"],
+                    method="cam,gradcam", save="npy")
+    with pytest.raises(ValueError, match="got 2 labels for a model with 3 outputs"):
+        camlens.run(photos, tmp_path / "o2", model=model, preprocess=pre, labels=["a", "b"])
+    with pytest.raises(ValueError, match="labels= is for a model object"):
+        camlens.run(photos, tmp_path / "o3", labels=["a"])
+    with pytest.raises(ValueError, match="engine='ray' loads the model inside each actor"):
+        camlens.run(photos, tmp_path / "o5", model=model, preprocess=pre, engine="ray")
+    with pytest.raises(ValueError, match="move it there yourself"):
+        camlens.run(photos, tmp_path / "o4", model=model, preprocess=pre, device="meta")
+
+
+def test_notes_about_many_images_are_counted_not_repeated(tmp_path, capsys):
+    from camlens.models import preprocessing
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(folder / f"s{i}.png")
+    camlens.run(folder, tmp_path / "out", model=_Tiny(), preprocess=preprocessing("unit", 32),
+                save="npy")
+    err = capsys.readouterr().err
+    assert err.count("is far smaller than the model's 32x32 input") == 5
+    assert "further notes of this kind (upscaled small images) are not shown" in err
+    assert "8 image(s) in all: upscaled small images" in err
+    records = list(camlens.read_index(tmp_path / "out"))
+    assert len(records) == 8 and all(len(r["notes"]) == 1 for r in records)

@@ -448,3 +448,25 @@ def test_compose_rows_one_row_per_class():
         viz.compose_rows(image, [("x", pics[:2], ["a"])])
     with pytest.raises(ValueError, match="empty"):
         viz.compose_rows(image, [])
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (3, 4, 2), (6, 9, 3), (2, 3, 4), (1, 1, 3),
+                                   (61, 83, 3)])
+def test_our_png_encoder_round_trips_through_pillow(shape):
+    import io
+
+    from PIL import Image
+
+    from camlens.viz._image import encode_png
+
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(encode_png(pixels)))
+    decoded.load()  # checks every chunk's CRC and the zlib stream
+    assert decoded.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[shape[2] if len(shape) == 3
+                                                                    else 1]
+    np.testing.assert_array_equal(np.asarray(decoded).reshape(pixels.shape), pixels)
+    # floats are clipped to 0..255 as before
+    floats = np.asarray(Image.open(io.BytesIO(encode_png(np.array([[-5.0, 300.0, 7.9]])))))
+    np.testing.assert_array_equal(floats, [[0, 255, 7]])
+    with pytest.raises(ValueError, match=r"expected \(H, W\) or \(H, W, 1-4\)"):
+        encode_png(np.zeros((2, 2, 5), np.uint8))

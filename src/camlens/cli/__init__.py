@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(camlens[ray]), a local Ray instance or --address's cluster")
     e.add_argument("--address", default=None,
                    help="with --engine ray: the address of a running Ray cluster to join")
+    e.add_argument("--actors", type=positive, default=None,
+                   help="with --engine ray: the number of model actors (default: one per GPU, "
+                        "else one per 4 CPUs)")
     e.add_argument("--restart", action="store_true",
                    help="delete the outputs of the run in --out and start again (by default "
                         "a folder holding the same run is resumed, another run refused)")

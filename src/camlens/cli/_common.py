@@ -207,15 +207,27 @@ def model_options(p: argparse.ArgumentParser, default_model: str) -> None:
 
 
 def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any, torch.device]:
-    """The model, its preprocessing and labels, the checked layer and the device."""
-    keras = args.model.startswith("keras:") or args.model.lower().endswith(
-        (".keras", ".h5", ".hdf5"))
-    if keras and "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "torch"  # every method works on Keras's torch backend
+    """The model, its preprocessing and labels, the checked layer and the device.
+
+    ``args.model`` is a spec for :func:`load_model`; :func:`camlens.run` may instead hand
+    a model object in ``args.model_object`` (with ``args.labels`` and ``args.preprocess``).
+    """
+    given = getattr(args, "model_object", None)
+    if given is None:
+        keras = args.model.startswith("keras:") or args.model.lower().endswith(
+            (".keras", ".h5", ".hdf5"))
+        if keras and "keras" not in sys.modules:
+            os.environ["KERAS_BACKEND"] = "torch"  # every method works on Keras's torch backend
     try:
-        model, preprocess, labels = load_model(args.model, args.weights, trust=args.trust_model,
-                                               preprocess=args.preprocess)
-        model = check_model(model)  # a Keras model: its channels-first adapter
+        if given is None:
+            model, preprocess, labels = load_model(args.model, args.weights,
+                                                   trust=args.trust_model,
+                                                   preprocess=args.preprocess)
+            model = check_model(model)  # a Keras model: its channels-first adapter
+        else:
+            model = check_model(given)
+            preprocess = object_preprocess(args.preprocess)
+            labels = object_labels(model, preprocess, getattr(args, "labels", None))
     except (ValueError, ImportError, TypeError) as err:
         raise CliError(str(err)) from None
     if args.layer:
@@ -223,18 +235,101 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any
             resolve_layers(model, args.layer)
         except ValueError as err:
             raise CliError(str(err)) from None
-    if getattr(model, "camlens_adapter", False):  # Keras places its variables itself
+    keras = getattr(model, "camlens_adapter", False)
+    if keras or given is not None:  # Keras, or the caller, placed the model: it stays there
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
         if args.device not in ("auto", device.type):
             raise CliError(
                 f"--device {args.device}: Keras keeps this model on {device.type} (its torch "
-                "backend picks the device when it starts); drop --device"
+                "backend picks the device when it starts); drop --device" if keras else
+                f"device={args.device!r}: the model is on {device.type}; move it there "
+                "yourself (model.to(...)) or leave device='auto'"
             )
         return model, preprocess, labels, args.layer or "auto", device
     device = _device(args.device)
     model.to(device)
     return model, preprocess, labels, args.layer or "auto", device
+
+
+def object_preprocess(preprocess: Any) -> Any:
+    """The pixel convention of a model handed as an object: a ``Preprocess``, a convention
+    name (at 224 px), or ImageNet's by default."""
+    from ..models import Preprocess, preprocessing
+
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if preprocess is None:
+        return Preprocess()
+    if isinstance(preprocess, str):
+        return preprocessing(preprocess)
+    raise TypeError(
+        f"preprocess must be a convention name or a camlens.models.Preprocess, got "
+        f"{type(preprocess).__name__}; e.g. preprocessing('unit', crop=64, resize=64)"
+    )
+
+
+def object_labels(model: Any, preprocess: Any, labels: Sequence[str] | None) -> list[str]:
+    """Class names of a model handed as an object: the given ones (checked against the
+    model's output size, found by one forward of a blank image) or numbered names."""
+    from .._guard import ModelGuard
+    from ..models import default_labels
+    from ..targets import find_logits
+
+    param = next(iter(model.parameters()), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    blank = torch.zeros(1, 3, preprocess.crop, preprocess.crop, dtype=dtype, device=device)
+    with ModelGuard(model, eval_mode=True), torch.no_grad():
+        logits = find_logits(model(blank))
+    num = int(logits.shape[-1])
+    if labels is None:
+        return default_labels(num)
+    names = [str(n) for n in labels]
+    if len(names) != num:
+        raise ValueError(f"got {len(names)} labels for a model with {num} outputs")
+    return names
+
+
+def model_fingerprint(args: argparse.Namespace, methods: Methods) -> dict[str, Any]:
+    """What every run over a folder (explain, evaluate) must match to be resumed: the
+    model (a weights file by size and time, a model object by a digest of its weights),
+    its preprocessing, the methods with their options and the layer."""
+    import dataclasses
+    import json
+
+    weights = getattr(args, "weights", None)
+    stat = Path(weights).stat() if weights and Path(weights).is_file() else None
+    preprocess = getattr(args, "preprocess", None)
+    if preprocess is not None and not isinstance(preprocess, str):
+        preprocess = json.loads(json.dumps(dataclasses.asdict(preprocess)))
+    given = getattr(args, "model_object", None)
+    return {
+        "model": args.model if given is None else {"object": args.model,
+                                                   "weights": model_digest(given)},
+        "weights": [str(weights), stat.st_size, int(stat.st_mtime)] if stat else weights,
+        "preprocess": preprocess,
+        "methods": methods.names,
+        "options": {m: methods.options_for([m]).get(m, {}) for m in methods.names},
+        "layer": args.layer,
+    }
+
+
+def model_digest(model: Any) -> str:
+    """A fingerprint of a model object's weights (sha256 over its state), so that a resumed
+    run refuses a model whose weights changed."""
+    import hashlib
+
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else {
+        str(i): torch.as_tensor(np.asarray(w)) for i, w in enumerate(model.weights)}
+    for name, value in state.items():
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(str(t.dtype).encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _device(name: str) -> torch.device:
@@ -275,6 +370,7 @@ class Methods:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False  # a Ray actor: the driver reports refusals itself
 
     def live(self) -> list[str]:
         return [m for m in self.names if m not in self.skipped and m not in self.failed]
@@ -289,10 +385,12 @@ class Methods:
                 continue
             if name in self.named:
                 self.failed[name] = str(value)
-                say(f"method {name} failed: {value}; its results are left out")
+                text = f"method {name} failed: {value}; its results are left out"
             else:
                 self.skipped[name] = str(value)
-                say(f"skipped method {name}: {value}")
+                text = f"skipped method {name}: {value}"
+            if not self.quiet:
+                say(text)
 
 
 def parse_methods(text: str, options: Sequence[str] | None = None) -> Methods:

@@ -23,6 +23,7 @@ from ._common import (
     decode,
     duration,
     load,
+    model_fingerprint,
     output_folder,
     parse_methods,
     say,
@@ -74,10 +75,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _fingerprint(args: argparse.Namespace, methods: Any, chosen: Sequence[str], step: int,
                  annotations: dict[str, Any]) -> dict[str, Any]:
     """What decides an evaluation's numbers: a resumed run must match it."""
-    return {"command": "evaluate", "model": args.model, "weights": args.weights,
-            "preprocess": getattr(args, "preprocess", None), "methods": methods.names,
-            "options": {m: methods.options_for([m]).get(m, {}) for m in methods.names},
-            "layer": args.layer, "metrics": list(chosen), "step": step,
+    return {"command": "evaluate", **model_fingerprint(args, methods),
+            "metrics": list(chosen), "step": step,
             "annotations": json.dumps(annotations, sort_keys=True, default=str),
             "max_pixels": args.max_pixels}
 

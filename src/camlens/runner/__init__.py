@@ -23,7 +23,7 @@ def run(
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str] = "camlens-out",
     *,
-    model: str = "efficientnet-lite0",
+    model: Any = "efficientnet-lite0",
     method: str = "gradcam",
     layer: str | None = None,
     target: str | int = "top1",
@@ -32,7 +32,8 @@ def run(
     options: Sequence[str] = (),
     weights: str | None = None,
     trust_model: bool = False,
-    preprocess: str | None = None,
+    preprocess: Any = None,
+    labels: Sequence[str] | None = None,
     batch_size: int = 8,
     device: str = "auto",
     alpha: float = 0.5,
@@ -43,6 +44,7 @@ def run(
     restart: bool = False,
     engine: str = "local",
     address: str | None = None,
+    actors: int | None = None,
 ) -> dict[str, Any]:
     """Explain every image of ``paths`` (files and folders) into ``out``, as
     ``camlens explain`` does: the same outputs, index and resumption, in a notebook.
@@ -54,7 +56,14 @@ def run(
     ``grid``, ``npy``, ``shards`` (maps in a few large files, see :func:`read_maps`),
     ``mask``. ``options``: method options as ``"[METHOD.]NAME=VALUE"``. ``engine="ray"``
     runs the batches on a pool of Ray actors (a local Ray instance, or the cluster at
-    ``address``), writing the same outputs and index.
+    ``address``; ``actors`` of them, by default one per GPU, else one per 4 CPUs),
+    writing the same outputs and index.
+
+    ``model`` is a spec for :func:`camlens.load_model` or a model object (PyTorch or
+    Keras), used where it is and left as it was. For an object, ``preprocess`` is a
+    :class:`camlens.models.Preprocess` (e.g. ``preprocessing("unit", crop=64,
+    resize=64)``) or a convention name (224 px; ImageNet's by default), and ``labels`` its
+    class names (numbered by default). A resumed run checks the object's weights too.
     """
     from ..cli._common import CliError
     from ._local import run_explain
@@ -62,13 +71,24 @@ def run(
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not items:
         raise ValueError("paths is empty; give image files or folders")
+    given = None
+    if not isinstance(model, str):
+        given, model = model, f"{type(model).__module__}.{type(model).__qualname__}"
+        if engine == "ray":
+            raise ValueError(
+                "engine='ray' loads the model inside each actor from a spec; save the model "
+                "(a TorchScript file, or a state dict for a known architecture) and pass that"
+            )
+    elif labels is not None:
+        raise ValueError("labels= is for a model object; a model spec brings its own names")
     args = argparse.Namespace(
+        model_object=given, labels=labels,
         paths=[str(p) for p in items], out=str(out), model=model, method=method,
         layer=layer, target=str(target), counterfactual=counterfactual,
         save=save, option=list(options), weights=weights, trust_model=trust_model,
         preprocess=preprocess, batch_size=batch_size, device=device, alpha=alpha,
         colormap=colormap, threshold=threshold, max_pixels=max_pixels, progress=progress,
-        restart=restart, engine=engine, address=address,
+        restart=restart, engine=engine, address=address, actors=actors,
     )
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")

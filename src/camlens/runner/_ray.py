@@ -9,7 +9,7 @@ The same job as the local engine (:mod:`._local`), spread over a pool of Ray act
 * **The model.** ``map_batches`` with a callable class on an ``ActorPoolStrategy`` pool:
   each actor loads the model once from the run's arguments (``load(args)``: models are
   never pickled), then runs the local engine's own functions on each batch of
-  ``--batch-size`` images (:func:`._local._explain_batch`, whose ``_prepare_batch`` and
+  ``--batch-size`` images (:func:`._local._explain_batch`, whose ``_prepare`` and
   ``_render`` write the pictures and maps), so the outputs have the same names and the
   same records as the local engine's and a folder can be resumed by either engine.
 * **Records.** Each actor returns one JSON line per image (its index record, or why it
@@ -67,15 +67,23 @@ CONNECT_TIMEOUT_S = 10.0  # a cluster address must accept a connection within th
 ANSWER_TIMEOUT_S = 5.0  # ... and answer as a Ray cluster (gRPC) within this
 
 
-def pool_size(cpus: float, gpus: float, use_gpus: bool = True) -> dict[str, Any]:
+def pool_size(cpus: float, gpus: float, use_gpus: bool = True,
+              actors: int | None = None) -> dict[str, Any]:
     """The actor pool for a cluster of ``cpus`` CPUs and ``gpus`` GPUs: ``size`` actors,
-    each with ``num_cpus``, ``num_gpus`` and ``threads`` (torch's intra-op threads)."""
+    each with ``num_cpus``, ``num_gpus`` and ``threads`` (torch's intra-op threads).
+    ``actors`` (``--actors``) fixes the size; the CPUs are still shared so that Ray Data
+    keeps ``RESERVED_CPUS``."""
+    if actors is not None and actors < 1:
+        raise CliError(f"--actors must be at least 1, got {actors}")
     free = max(cpus - RESERVED_CPUS, 0.0)
     if use_gpus and gpus >= 1:
-        size = int(gpus)
+        size = int(gpus) if actors is None else actors
+        if size > gpus:
+            raise CliError(f"--actors {size}: the cluster has {gpus:g} GPU(s), one per "
+                           "actor; ask for at most that many, or --device cpu")
         per = min(1.0, free / size)
         return {"size": size, "num_cpus": per, "num_gpus": 1, "threads": max(1, int(per))}
-    size = max(1, math.ceil(cpus / THREADS_PER_ACTOR))
+    size = max(1, math.ceil(cpus / THREADS_PER_ACTOR)) if actors is None else actors
     per = free / size if free > 0 else 0.0
     return {"size": size, "num_cpus": per, "num_gpus": 0, "threads": max(1, round(per))}
 
@@ -185,7 +193,7 @@ def _run(ray: Any, job: Job, run: IndexedRun) -> None:
 
     resources = ray.cluster_resources()
     pool = pool_size(resources.get("CPU", 1.0), resources.get("GPU", 0.0),
-                     use_gpus=job.args.device != "cpu")
+                     use_gpus=job.args.device != "cpu", actors=getattr(job.args, "actors", None))
     # actors may run in another folder (or on another node): they get absolute paths; the
     # records keep the names as given
     rows = [{"i": i, "path": str(Path(path).absolute()), "shown": shown, "stem": job.names[i]}
@@ -309,7 +317,6 @@ class _Worker:
         import torch
 
         from ..cli import _common
-        from . import _local
         from ._local import Job
 
         torch.set_num_threads(spec["threads"])
@@ -325,11 +332,11 @@ class _Worker:
                        index=_ActorIndex(out))
         self.messages: list[str] = []
         self.plan: list[Any] | None = None
-        # This process only runs batches: the local engine's messages come back to the
+        # This process only runs batches: the local engine's notes come back to the
         # driver (printed once there); the methods' refusals go back as data.
-        _local.say = self.messages.append
-        _local.print_plan = self._plan
-        _common.say = _quiet
+        self.job.message = self.messages.append
+        self.job.plan_sink = self._plan
+        self.job.methods.quiet = True
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-decode")
         self.writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-write")
 
@@ -370,6 +377,3 @@ class _Worker:
         lines.insert(0, json.dumps({"meta": meta}, ensure_ascii=False))
         return {"line": lines}
 
-
-def _quiet(text: str) -> None:
-    """``say`` in an actor for what the driver reports itself."""
