@@ -37,7 +37,7 @@ bench: $(VENV)/.test
 # Regenerate the pictures under docs/images from the task examples (a few minutes on CPU).
 examples: $(VENV)/.test
 	for e in detection segmentation embedding video vision_transformer signal_1d captioning \
-		keras_vgg16_gradcam keras_digits_cam; do \
+		keras_vgg16_gradcam keras_digits_cam augment_picture; do \
 		$(PY) examples/$$e.py --out docs/images || exit 1; done
 
 clean:

@@ -323,10 +323,40 @@ def _inputs(args: list[str], folder: Path) -> int:
     return count
 
 
+def serve_app(args: list[str], folder: Path, env: dict[str, str], line: int) -> None:
+    """``camlens app ...`` serves until Ctrl-C: wait until it serves, load the page, then
+    interrupt it (with the default SIGINT disposition: a CI background job inherits it
+    ignored); it must stop cleanly."""
+    import signal
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "camlens", *args], cwd=folder, env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        text, deadline = "", time.monotonic() + 300
+        while " at http" not in text and time.monotonic() < deadline:
+            text = proc.stderr.readline()
+            assert text or proc.poll() is None, f"README.md line {line}: the app exited"
+        url = text.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url, timeout=60) as page:
+            assert page.status == 200 and b"camlens" in page.read()
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, f"README.md line {line}: {proc.stderr.read()[-2000:]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("line, command", CLI, ids=[f"L{n} {_id(c)}" for n, c in CLI])
 def test_command_line(line: int, command: str, folder: Path) -> None:
     args = shlex.split(command, comments=True)[1:]  # "camlens" is python -m camlens
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if args[0] == "app":
+        serve_app(args, folder, env, line)
+        return
     done = subprocess.run([sys.executable, "-m", "camlens", *args], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (
@@ -348,6 +378,16 @@ def test_command_line(line: int, command: str, folder: Path) -> None:
             assert [r["method"] for r in results] == _option(args, "--method", "").split(",")
         if "--annotations" in args:  # the box was read and used
             assert all(r["pointing_game"] is not None for r in results)
+    elif args[0] == "audit":
+        out = folder / _option(args, "--out", "camlens-audit")
+        for name in ("report.md", "report.html", "audit.csv", "audit.json"):
+            assert (out / name).is_file(), name
+    elif args[0] == "labels":
+        out = folder / _option(args, "--out", "camlens-labels")
+        summary = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+        for method in _option(args, "--method", "gradcam").split(","):
+            assert (out / method / "boxes.json").is_file() and list((out / method).glob("*.png"))
+        assert summary
     elif args[0] in ("methods", "models"):
         assert done.stdout.strip()
         if args[0] == "methods":

@@ -11,6 +11,7 @@ from . import targets
 from ._derive import boxes, masks
 from ._explainer import Explainer, compare, explain
 from ._registry import available_methods, describe, register_method
+from .audit import AuditResult, audit
 from .models import load_model
 from .runner import read_index, read_maps, run
 from .targets import (
@@ -27,8 +28,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """Import ``camlens.viz`` (Pillow), ``camlens.cli`` and ``camlens.metrics`` on first use."""
-    if name in ("viz", "cli", "metrics"):
+    """Import ``camlens.viz`` (Pillow), ``camlens.cli``, ``camlens.metrics``,
+    ``camlens.labels`` and ``camlens.augment`` on first use."""
+    if name in ("viz", "cli", "metrics", "labels", "augment"):
         import importlib
 
         return importlib.import_module(f"camlens.{name}")
@@ -36,6 +38,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AuditResult",
     "BoxTarget",
     "ClassTarget",
     "Explainer",
@@ -45,6 +48,7 @@ __all__ = [
     "TokenTarget",
     "TopK",
     "__version__",
+    "audit",
     "available_methods",
     "boxes",
     "compare",

@@ -22,12 +22,16 @@ from .targets import find_logits
 
 __all__ = [
     "ConfidenceChange",
+    "MaxBoxAcc",
+    "MeanIoU",
     "SanityCheck",
     "confidence_change",
     "deletion",
     "energy_pointing_game",
     "insertion",
     "localization_error",
+    "max_box_acc",
+    "miou",
     "noisy_linear_impute",
     "pointing_game",
     "road",
@@ -735,3 +739,280 @@ def road(
     probs = _probabilities(model, lambda part: imputed[part], classes[owners], owners.numel(),
                            batch_size)
     return probs.view(b, len(ps))
+
+
+# ----------------------------------------------------------------- weak labels
+class MeanIoU(NamedTuple):
+    """Mean intersection over union of label masks, from one confusion matrix."""
+
+    miou: float  # % : mean of ``iou`` over the classes present in the truth or the prediction
+    iou: Tensor  # (classes,) float64 % per class; NaN for a class in neither
+    confusion: Tensor  # (classes, classes + 1) int64: true row, predicted column; last = ignore
+    labelled: float  # % of the scored true pixels the prediction gives a class (not ignore)
+
+
+def _label_pairs(pred: Any, true: Any) -> list[tuple[Tensor, Tensor]]:
+    """(pred, true) integer mask pairs from (B, H, W) tensors / arrays or sequences of (H, W)."""
+    import numpy as np
+
+    def items(x: Any, what: str) -> list[Tensor]:
+        if isinstance(x, (Tensor, np.ndarray)):
+            t = torch.as_tensor(x)
+            if t.ndim == 2:
+                t = t[None]
+            if t.ndim != 3:
+                raise ValueError(f"{what} masks must be (B, H, W) or (H, W), got {tuple(t.shape)}")
+            return list(t)
+        if isinstance(x, Sequence) and not isinstance(x, (str, bytes)):
+            return [torch.as_tensor(np.asarray(m)) for m in x]
+        raise TypeError(f"{what} must be label masks (B, H, W) or a list of (H, W) masks, got "
+                        f"{type(x).__name__}")
+
+    ps, ts = items(pred, "pred"), items(true, "true")
+    if len(ps) != len(ts):
+        raise ValueError(f"got {len(ps)} predicted and {len(ts)} true masks; give one of each "
+                         "per image")
+    for i, (p, t) in enumerate(zip(ps, ts)):
+        if p.shape != t.shape or p.ndim != 2:
+            raise ValueError(f"image {i}: predicted mask {tuple(p.shape)} and true mask "
+                             f"{tuple(t.shape)} must be the same (H, W)")
+        if p.is_floating_point() or t.is_floating_point() or p.dtype == torch.bool:
+            raise TypeError(f"image {i}: label masks hold integer class values (uint8 as in "
+                            f"VOC PNGs), got {p.dtype} and {t.dtype}")
+    return list(zip(ps, ts))
+
+
+def _confusion(pred: Tensor, true: Tensor, classes: int, ignore: int) -> Tensor:
+    """(classes, classes + 1) pixel counts of one pair; column ``classes`` = predicted ignore."""
+    p, t = pred.flatten().long().cpu(), true.flatten().long().cpu()
+    keep = t != ignore
+    p, t = p[keep], t[keep]
+    bad_t = (t < 0) | (t >= classes)
+    bad_p = ((p < 0) | (p >= classes)) & (p != ignore)
+    if bool(bad_t.any()) or bool(bad_p.any()):
+        value = int(t[bad_t][0]) if bool(bad_t.any()) else int(p[bad_p][0])
+        raise ValueError(
+            f"mask value {value} is not a class: with classes={classes} the values are 0 "
+            f"(background) to {classes - 1}, and {ignore} (ignore); pass the number of classes "
+            "including the background"
+        )
+    p = torch.where(p == ignore, classes, p)
+    counts = torch.bincount(t * (classes + 1) + p, minlength=classes * (classes + 1))
+    return counts.view(classes, classes + 1)
+
+
+def miou(
+    pred: Any, true: Any, classes: int, ignore: int = 255, ignored: str = "miss"
+) -> MeanIoU:
+    """Mean IoU of predicted label masks against true ones, over all images together.
+
+    One confusion matrix ``C[t, p]`` (pixel counts, true class ``t``, predicted ``p``) is
+    summed over every image; then ``IoU_c = C[c, c] / (sum_p C[c, p] + sum_t C[t, c] -
+    C[c, c])`` and ``mIoU = mean_c IoU_c`` over the classes that occur in the truth or the
+    prediction, as in Pascal VOC's segmentation evaluation (Everingham et al. 2015,
+    https://doi.org/10.1007/s11263-014-0733-5). Values are classes ``0..classes-1`` (0 the
+    background, VOC's convention) and ``ignore``: true ``ignore`` pixels are not scored. A
+    pixel the prediction leaves at ``ignore`` (a pseudo-label's uncertain band) counts as a
+    miss of its true class with ``ignored="miss"`` (default), or is not scored with
+    ``"skip"`` (then the score is that of the labelled pixels only; ``labelled`` says how
+    many they are).
+
+    ``pred``, ``true``: (B, H, W) integer tensors or arrays, or lists of (H, W) masks of
+    any sizes. Returns percentages.
+
+    >>> miou(np.array([[0, 1], [1, 255]]), np.array([[0, 1], [0, 1]]), classes=2).miou
+    41.66...   # background 1/2, class 1: 1/3 (the ignored pixel is a miss)
+    """
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= 65535:
+        raise ValueError(f"classes must be the number of classes including the background "
+                         f"(>= 1), got {classes!r}")
+    if ignored not in ("miss", "skip"):
+        raise ValueError(f"ignored must be 'miss' or 'skip', got {ignored!r}")
+    if 0 <= ignore < classes:
+        raise ValueError(f"ignore={ignore} is a class value (classes={classes}); use a value "
+                         "outside 0..classes-1, such as 255")
+    conf = torch.zeros(classes, classes + 1, dtype=torch.int64)
+    for p, t in _label_pairs(pred, true):
+        conf += _confusion(p, t, classes, ignore)
+    return _from_confusion(conf, ignored)
+
+
+def _from_confusion(conf: Tensor, ignored: str = "miss") -> MeanIoU:
+    """:class:`MeanIoU` of a summed confusion matrix (classes, classes + 1)."""
+    classes = conf.shape[0]
+    c = conf.double()
+    tp = c.diagonal()
+    rows = c.sum(1) if ignored == "miss" else c[:, :classes].sum(1)
+    union = rows + c[:, :classes].sum(0) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.nan) * 100
+    seen = union > 0
+    if not bool(seen.any()):
+        raise ValueError("no pixel was scored: every true pixel is ignore")
+    scored = c.sum()
+    labelled = float(100 * c[:, :classes].sum() / scored) if scored > 0 else 0.0
+    return MeanIoU(float(iou[seen].mean()), iou, conf, labelled)
+
+
+def _component_boxes(mask: Tensor, values: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Boxes of the 8-connected components of boolean masks (N, H, W).
+
+    Returns ``owner`` (C,) the mask of each component, ``boxes`` (C, 4) pixel x0, y0, x1, y1
+    (x1, y1 exclusive) and, with ``values`` (N, H, W), each component's largest value (C,).
+    """
+    from ._derive import _labels
+
+    n, h, w = mask.shape
+    labels = _labels(mask.cpu()).view(n, h * w)
+    top = int(labels.max()) if labels.numel() else 0
+    if top == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, torch.zeros(0, 4, dtype=torch.long), (
+            None if values is None else torch.zeros(0))
+    # a key unique across masks (the torch labelling numbers each mask from 1)
+    key = labels + torch.arange(n)[:, None] * (top + 1)
+    on = labels.flatten() > 0
+    ids, inverse = torch.unique(key.flatten()[on], return_inverse=True)
+    owner = ids // (top + 1)
+    pos = torch.arange(h * w).repeat(n)[on]
+    ys, xs = pos // w, pos % w
+    count = ids.numel()
+
+    def reduce(v: Tensor, how: str, start: int) -> Tensor:
+        out = torch.full((count,), start, dtype=torch.long)
+        return out.scatter_reduce(0, inverse, v, how, include_self=True)
+
+    boxes = torch.stack([reduce(xs, "amin", w), reduce(ys, "amin", h),
+                         reduce(xs, "amax", -1) + 1, reduce(ys, "amax", -1) + 1], 1)
+    peak = None
+    if values is not None:
+        v = values.detach().cpu().double().flatten()[on]
+        peak = torch.full((count,), -torch.inf, dtype=torch.float64).scatter_reduce(
+            0, inverse, v, "amax", include_self=True)
+    return owner, boxes, peak
+
+
+def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU (A, B) of pixel boxes (x1, y1 exclusive), in float64."""
+    a, b = a.double()[:, None], b.double()[None]
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_min(0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_min(0)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), 0.0)
+
+
+class MaxBoxAcc(NamedTuple):
+    """MaxBoxAccV2 and its parts (Choe et al. 2020)."""
+
+    value: float  # % : mean over the IoU thresholds of the best box accuracy
+    per_iou: Tensor  # (D,) % : max over CAM thresholds of the box accuracy, per IoU threshold
+    best_threshold: Tensor  # (D,) the CAM threshold reaching it (the lowest, on ties)
+    accuracy: Tensor  # (D, T) % : box accuracy at each IoU and CAM threshold
+    thresholds: Tensor  # (T,) the CAM thresholds, fractions of each map's maximum
+    iou: Tensor  # (D,) the IoU thresholds
+
+
+def _true_box_lists(true_boxes: Any, n: int) -> list[Tensor]:
+    import numpy as np
+
+    if isinstance(true_boxes, (Tensor, np.ndarray)):
+        t = torch.as_tensor(true_boxes)
+        if t.ndim == 2 and t.shape[-1] == 4:
+            t = t[:, None]
+        if t.ndim != 3 or t.shape[-1] != 4:
+            raise ValueError(f"true_boxes must be (N, 4), (N, G, 4) or a list of N lists of "
+                             f"[x0, y0, x1, y1], got shape {tuple(t.shape)}")
+        lists = list(t)
+    elif isinstance(true_boxes, Sequence):
+        lists = []
+        for i, b in enumerate(true_boxes):
+            t = torch.as_tensor(np.asarray(b, dtype=np.float64))
+            if t.ndim == 1:
+                t = t[None]
+            if t.ndim != 2 or t.shape[-1] != 4 or t.shape[0] == 0:
+                raise ValueError(f"map {i}: give at least one true box [x0, y0, x1, y1], got "
+                                 f"{b!r}")
+            lists.append(t)
+    else:
+        raise TypeError(f"true_boxes must be boxes (N, 4) or a list of N lists of boxes, got "
+                        f"{type(true_boxes).__name__}")
+    if len(lists) != n:
+        raise ValueError(f"got true boxes for {len(lists)} maps and {n} maps; give each map "
+                         "its own list of boxes")
+    for i, t in enumerate(lists):
+        if bool(((t[:, 2] <= t[:, 0]) | (t[:, 3] <= t[:, 1])).any()):
+            raise ValueError(f"map {i}: a true box is empty or inverted: {t.tolist()}; boxes "
+                             "are [x0, y0, x1, y1] with x1 > x0 and y1 > y0")
+    return [t.double() for t in lists]
+
+
+def max_box_acc(
+    maps: Any, true_boxes: Any, thresholds: Any = None,
+    iou: Sequence[float] = (0.3, 0.5, 0.7),
+) -> MaxBoxAcc:
+    """MaxBoxAccV2: the box accuracy at the best map threshold, averaged over IoU thresholds.
+
+    For a CAM threshold ``tau``, each map ``s = ReLU(M) / max ReLU(M)`` is cut at ``s >=
+    tau`` (and ``s > 0``) and every 8-connected component gives its tight box (all of
+    them, not only the largest: the "multiple contours" of v2). A map is correct at
+    ``(tau, delta)`` when some component box and some true box of the map have IoU >=
+    ``delta``. ``BoxAcc(tau, delta)`` = share of correct maps; ``MaxBoxAccV2 = mean_delta
+    max_tau BoxAcc(tau, delta)``, delta in {0.3, 0.5, 0.7}. Choe et al. 2020, "Evaluating
+    Weakly Supervised Object Localization Methods Right", https://arxiv.org/abs/2001.07437
+    (v2 of the metric: the TPAMI version, https://arxiv.org/abs/2007.04178).
+
+    ``maps``: (N, H, W), one per (image, class) pair whose class is known (the paper's
+    "GT-known" setting); ``true_boxes``: boxes (N, 4), or a list of N lists of boxes of
+    that class, in the maps' pixels (x1, y1 exclusive). ``thresholds``: default 0, 0.01,
+    ..., 0.99. Differences from the authors' code: boxes have exclusive corners and IoU
+    counts pixels exactly (their code adds 1 to widths of boxes whose x1 is already
+    exclusive), and maps are thresholded in floating point (theirs at uint8 levels, with
+    ``>``). An all-zero map has no box at any threshold (never correct). Returns percentages.
+    """
+    m = torch.as_tensor(maps).detach()
+    if m.ndim != 3:
+        raise ValueError(f"maps must be (N, H, W), got {tuple(m.shape)}")
+    if not m.is_floating_point():
+        m = m.double()
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError("maps contain NaN or inf")
+    n, h, w = m.shape
+    if n == 0:
+        raise ValueError("maps is empty; give at least one map")
+    truth = _true_box_lists(true_boxes, n)
+    taus = torch.arange(100, dtype=torch.float64) / 100 if thresholds is None else \
+        torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if taus.numel() == 0 or bool(((taus < 0) | (taus > 1)).any()):
+        raise ValueError(f"thresholds are fractions of each map's maximum in [0, 1], got "
+                         f"{taus.tolist()}")
+    deltas = torch.as_tensor(list(iou), dtype=torch.float64)
+    if deltas.numel() == 0 or bool(((deltas <= 0) | (deltas > 1)).any()):
+        raise ValueError(f"iou thresholds must lie in (0, 1], got {list(iou)}")
+    s = m.cpu().double().clamp_min(0)
+    peak = s.flatten(1).amax(1)
+    s = torch.where(peak[:, None, None] > 0, s / peak.clamp_min(1e-300)[:, None, None], 0.0)
+    t = taus.numel()
+    best = torch.zeros(n, t, dtype=torch.float64)  # best IoU per map and CAM threshold
+    chunk = max(1, (1 << 22) // max(1, t * h * w))
+    for start in range(0, n, chunk):
+        part = s[start:start + chunk]
+        k = part.shape[0]
+        cut = (part[:, None] >= taus[None, :, None, None]) & (part[:, None] > 0)
+        owner, boxes, _ = _component_boxes(cut.view(k * t, h, w))
+        if owner.numel() == 0:
+            continue
+        image = owner // t + start
+        found = torch.zeros(k * t, dtype=torch.float64)
+        for i in image.unique().tolist():
+            sel = image == i
+            ious = _pairwise_iou(boxes[sel], truth[i]).amax(1)
+            found.scatter_reduce_(0, owner[sel], ious, "amax", include_self=True)
+        best[start:start + k] = found.view(k, t)
+    correct = best[None] >= deltas[:, None, None] - 1e-12  # (D, N, T)
+    accuracy = correct.double().mean(1) * 100
+    per_iou = accuracy.amax(1)
+    where = (accuracy == per_iou[:, None]).double().argmax(1)  # the lowest threshold on ties
+    return MaxBoxAcc(float(per_iou.mean()), per_iou, taus[where], accuracy, taus, deltas)

@@ -10,9 +10,12 @@ from pathlib import Path
 from .. import __version__
 from .._registry import available_methods, describe, method_class
 from ..models import DEFAULT_MODEL, available_models
+from ._app import add_parser as _add_app_parser
+from ._audit import add_parser as _add_audit_parser
 from ._common import METHOD_GROUPS, CliError, model_options, output_folder, positive
 from ._evaluate import EVAL_METRICS, QUICK_METRICS, cmd_evaluate
 from ._explain import cmd_explain
+from ._labels import add_parser as _add_labels_parser
 
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
@@ -112,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="delete the evaluation in --out and start again (by default a "
                          "folder holding the same evaluation is resumed)")
     ev.set_defaults(func=cmd_evaluate)
+
+    _add_audit_parser(sub)
+    _add_labels_parser(sub)
+    _add_app_parser(sub)
 
     m = sub.add_parser("methods", help="list the methods and the method groups")
     m.set_defaults(func=_cmd_methods)

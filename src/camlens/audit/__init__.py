@@ -1,0 +1,146 @@
+"""Bias audit: does a model look at the object, or at what happens to come with it?
+
+``camlens.audit`` runs the dataset runner over a folder of images (resumable, the maps in
+shards), then streams the maps back and measures, per class, where they rest: with object
+annotations (boxes or segmentation masks) the share of each map's energy on the object
+and off it and the pointing game; without them, weaker evidence that needs no annotations
+(energy on the image's border, how concentrated maps are). Classes whose maps rest on the
+object far less than the other classes' are flagged, with the worst images as pictures,
+in a report a person can read (``report.md``, ``report.html``) and in ``audit.csv``,
+``audit.json`` and ``images.jsonl``.
+
+>>> result = camlens.audit(["photos/"], "audit/", annotations="boxes.json")
+>>> result.flagged                     # class ids whose maps rest on the background
+>>> print(result.table())              # per true class: accuracy, energy on/off the object
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._collect import State, build_result, image_record, records
+from ._inputs import (
+    check_args,
+    check_named,
+    check_out,
+    load,
+    read_annotations,
+    read_baseline,
+    read_masks,
+    read_truth,
+)
+from ._report import pictures, plain, write
+from ._result import RUN_FOLDER, AuditResult, ClassRow
+
+__all__ = ["AuditResult", "ClassRow", "audit"]
+
+
+def audit(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str] = "camlens-audit",
+    *,
+    model: Any = "efficientnet-lite0",
+    weights: str | None = None,
+    trust_model: bool = False,
+    preprocess: Any = None,
+    labels: Sequence[str] | None = None,
+    method: str = "gradcam",
+    layer: str | None = None,
+    annotations: Any = None,
+    masks: Any = None,
+    truth: Any = None,
+    min_images: int = 10,
+    z: float = 3.0,
+    ratio: float = 0.8,
+    floor: float = 0.05,
+    worst: int = 8,
+    tolerance: int | None = None,
+    border: float = 0.1,
+    baseline: Any = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    progress: str = "never",
+    restart: bool = False,
+) -> AuditResult:
+    """Audit where a model's maps rest, class by class, over a folder of images.
+
+    Runs :func:`camlens.run` into ``out/run`` (maps of the predicted class in shards;
+    resumable: the same call again only redoes the statistics), then streams the maps.
+
+    - ``model``: a spec for :func:`camlens.load_model` (with ``weights``, ``trust_model``,
+      ``preprocess`` a convention name) or a model object (``preprocess`` a
+      :class:`camlens.models.Preprocess` or a name, ``labels`` its class names).
+    - ``annotations``: boxes as :func:`camlens.evaluate` reads them (COCO JSON, a folder
+      of Pascal VOC XML, ``{"file.jpg": {"boxes": [...], "label": 3}}``), keyed by file
+      name; ``masks``: a folder of single-channel PNG masks (class index + 1 on the object,
+      0 background, 255 ignore), keyed by file stem. A mask wins over boxes.
+    - ``truth``: each image's true class: ``"folders"`` (the image's folder is named after
+      its class), a JSON ``{file name: class}`` or CSV ``file,class`` file, or a dict;
+      classes are indices or names of ``labels``. By default the annotations' ``label``,
+      their one class, or the one class of the image's mask.
+    - The flag rule (:func:`camlens.audit._stats.outliers`): among classes with at least
+      ``min_images`` annotated images, a class whose mean energy on the object has a
+      robust z-score <= ``-z`` against the other classes and is <= ``ratio`` x their
+      median. ``worst``: pictures of that many worst images per flagged class.
+    - ``tolerance``: the pointing game's, in map pixels (default 15 px at 224, scaled);
+      ``border``: the width of the border band, as a share of the shorter side.
+    - ``baseline``: another audit's folder (or :class:`AuditResult`): accuracy and energy
+      per class side by side with it (an accuracy drop on data where the background no
+      longer goes with the class).
+
+    Writes ``report.md``, ``report.html`` (self-contained), ``audit.csv``, ``audit.json``,
+    ``images.jsonl`` (one record per image) and ``thumbs/`` into ``out``.
+    """
+    from ..runner import run
+
+    method = check_args(method, min_images, z, ratio, floor, worst, tolerance, border,
+                        batch_size)
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise ValueError("paths is empty; give image files or folders")
+    out = Path(out)
+    check_out(out, items)
+    the_model, pre, names = load(model, weights, trust_model, preprocess, labels, device)
+    ann = read_annotations(annotations, names)
+    mask_map = read_masks(masks)
+    truth_map, truth_kind = read_truth(truth, names)
+    check_named(items, ann, mask_map, truth_map)
+    base = read_baseline(baseline)
+    summary = run(items, out / RUN_FOLDER, model=the_model, preprocess=pre, labels=names,
+                  method=method, layer=layer, save="shards", batch_size=batch_size,
+                  device="auto" if isinstance(model, str) else device, progress=progress,
+                  restart=restart)
+    folder = out / RUN_FOLDER
+    roots = [Path(p) for p in items]
+    settings = {"tolerance": tolerance, "border": border}
+    state = State(worst)
+    images_path = out / "images.jsonl"
+    tmp = out / ".images.jsonl.part"
+    try:  # written to a temporary name and renamed: whole or not at all
+        with open(tmp, "w", encoding="utf-8") as lines:
+            for record, cam in records(folder, method, roots):
+                if cam is None:
+                    state.fail(record)
+                    continue
+                row = image_record(record, cam, ann, mask_map, truth_map, truth_kind,
+                                   names, settings)
+                lines.write(json.dumps(plain(row), ensure_ascii=False) + "\n")
+                state.add(row)
+        os.replace(tmp, images_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not state.images:
+        raise ValueError(f"no image of {', '.join(map(str, items))} was audited "
+                         f"({state.failed} failed: see {folder / 'index.jsonl'})")
+    if (ann or mask_map) and not state.annotated:
+        raise ValueError("the annotations name none of the audited images (boxes are keyed "
+                         "by file name, masks by file stem); check the names")
+    result = build_result(state, out, method, summary, names, truth_kind, base,
+                          dict(min_images=min_images, z=z, ratio=ratio, floor=floor))
+    pictures(result, folder, method, roots, ann, mask_map)
+    write(result, state, bool(ann or mask_map), border)
+    return result
