@@ -275,12 +275,12 @@ _PNG_COLOUR = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, gre
 def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     """PNG bytes of an (H, W) or (H, W, 1-4) image (uint8, or values clipped to 0..255).
 
-    Written here rather than by Pillow because it is 2-3x faster for our pictures, which
-    dominate a dataset run's writing time: every row gets PNG's "Up" filter (the row minus
-    the row above, one vectorised subtraction; Pillow tries filters per row) and zlib's
-    run-length strategy at ``compress_level``, which suits the smooth heatmaps and photos
-    it sees: files within a few per cent of Pillow's size. See the PNG spec, sections
-    9.2 (filter type 2) and 11.2 (IHDR): https://www.w3.org/TR/png-3/
+    Written here rather than by Pillow because it is 1.4-1.9x faster for our pictures, which
+    dominate a dataset run's writing time, at the same size (within 3 %): each row gets the
+    PNG filter among None, Sub and Up whose bytes, read as signed, have the smallest sum of
+    absolute values (libpng's heuristic), all three computed by whole-image subtractions;
+    then zlib at ``compress_level``. PNG spec, sections 7.3 and 9 (filters) and 11.2.2
+    (IHDR): https://www.w3.org/TR/png-3/
     """
     a = np.asarray(array)
     if a.dtype != np.uint8:
@@ -291,12 +291,20 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
         raise ValueError(f"encode_png: expected (H, W) or (H, W, 1-4) pixels, got {a.shape}")
     h, w, c = a.shape
     rows = np.ascontiguousarray(a).reshape(h, w * c)
+    sub = np.empty_like(rows)  # filter 1: minus the pixel to the left (0 for the first)
+    sub[:, :c] = rows[:, :c]
+    np.subtract(rows[:, c:], rows[:, :-c], out=sub[:, c:])  # modulo 256, as PNG wants
+    up = np.empty_like(rows)  # filter 2: minus the row above (0 above the first row)
+    up[0] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=up[1:])
+    costs = np.stack([np.abs(f.view(np.int8), dtype=np.int16).sum(1, dtype=np.int64)
+                      for f in (rows, sub, up)])
+    pick = costs.argmin(0).astype(np.uint8)
     filtered = np.empty((h, w * c + 1), np.uint8)
-    filtered[:, 0] = 2  # "Up"; the first row's "above" is zeros, so it is stored as it is
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG wants
-    pack = zlib.compressobj(int(compress_level), zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = pack.compress(filtered.data) + pack.flush()
+    filtered[:, 0] = pick
+    filtered[:, 1:] = np.where((pick == 0)[:, None], rows,
+                               np.where((pick == 1)[:, None], sub, up))
+    idat = zlib.compress(filtered.data, int(compress_level))
     header = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOUR[c], 0, 0, 0)
     return b"".join([b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", idat),
                      _chunk(b"IEND", b"")])
