@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .targets import ClassTarget, _check_classes, find_logits
+
 __all__ = [
     "ClassSet",
     "coco_json",
@@ -258,7 +260,7 @@ def coco_json(
 
 
 # ---------------------------------------------------------------- a folder of images
-class ClassSet:
+class ClassSet(ClassTarget):
     """Target: the logits of several classes per image, maps (B, K, H, W) in one pass.
 
     ``ClassSet([3, 5, 7])`` explains the same classes for every image; ``ClassSet(index)``
@@ -279,11 +281,9 @@ class ClassSet:
                 or index.numel() == 0:
             raise ValueError(f"ClassSet takes class indices: a list (K,) for every image or a "
                              f"(B, K) tensor, got {tuple(index.shape)} {index.dtype}")
-        self.index = index.long()
+        self.index = index.long()  # type: ignore[assignment]  (a tensor here)
 
     def classes(self, output: Any) -> Tensor:
-        from .targets import find_logits
-
         logits = find_logits(output)
         b, n = logits.shape
         index = self.index.to(logits.device)
@@ -292,19 +292,8 @@ class ClassSet:
         elif index.shape[0] != b:
             raise ValueError(f"ClassSet holds classes for {index.shape[0]} images, the batch "
                              f"has {b}; give one row per image")
-        bad = (index < 0) | (index >= n)
-        if bool(bad.any()):
-            raise ValueError(f"class {int(index[bad][0])} is out of range for a model with {n} "
-                             f"outputs; use indices 0 to {n - 1}")
+        _check_classes(index, n)
         return index.contiguous()
-
-    def scores(self, output: Any, classes: Tensor) -> Tensor:
-        from .targets import find_logits
-
-        return find_logits(output).gather(1, classes)
-
-    def __call__(self, output: Any) -> Tensor:
-        return self.scores(output, self.classes(output))
 
     def __repr__(self) -> str:
         return f"ClassSet({self.index.tolist()})"
@@ -702,7 +691,6 @@ def _present_classes(model: Any, x: Tensor, loaded: Sequence[Any], files: Sequen
         return [sorted(position[c] for c in given[files[i][0].name] if c in position)
                 for i, _, _ in loaded]
     from ._guard import ModelGuard
-    from .targets import find_logits
 
     with ModelGuard(model, eval_mode=True):
         logits = find_logits(model(x)).float().cpu()

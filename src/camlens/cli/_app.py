@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "change opacity and colormap, read each map's box and its deletion and "
                     "insertion curves, download the maps, overlays and grid. The model is "
                     "loaded once; requests run one after another.")
-    model_options(a, DEFAULT_MODEL)
+    model_options(a, DEFAULT_MODEL, batches=False)  # one request at a time
     a.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 "
                         "lets anyone on the network use the page, without a login)")

@@ -192,7 +192,9 @@ def small_image_note(rgb: np.ndarray, preprocess: Any) -> str | None:
 
 
 # ---------------------------------------------------------------- model and choices
-def model_options(p: argparse.ArgumentParser, default_model: str) -> None:
+def model_options(p: argparse.ArgumentParser, default_model: str, batches: bool = True) -> None:
+    """--model, --weights, --trust-model, --preprocess, --device (and --batch-size, for the
+    commands that walk many images)."""
     p.add_argument("--model", default=default_model,
                    help=f"model spec (default: {default_model})")
     p.add_argument("--weights", default=None, help="state dict file for the architecture")
@@ -203,7 +205,8 @@ def model_options(p: argparse.ArgumentParser, default_model: str) -> None:
                    help="the model's pixel convention (default: the model's own; Keras files: "
                         "raw 0..255; caffe = BGR minus the ImageNet mean, as Keras's VGG16)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=positive, default=8)
+    if batches:
+        p.add_argument("--batch-size", type=positive, default=8)
 
 
 def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any, torch.device]:
