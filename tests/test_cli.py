@@ -145,6 +145,20 @@ def test_output_names_stay_inside_and_unique():
     assert all("/" not in n and not n.startswith(".") for n in names)
 
 
+def test_outputs_never_leave_the_folder(tmp_path):
+    from camlens.cli._common import CliError, inside
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert inside(out, "a_gradcam.png") == out.resolve() / "a_gradcam.png"
+    assert inside(out, "gradcam/a.png") == out.resolve() / "gradcam" / "a.png"
+    (tmp_path / "secret.txt").write_text("keep")
+    (out / "b_gradcam.png").symlink_to(tmp_path / "secret.txt")
+    for name in ("b_gradcam.png", "../a.png", "/etc/passwd"):
+        with pytest.raises(CliError, match="outside the output folder"):
+            inside(out, name)
+
+
 def test_evaluate_table_csv_json_and_annotations(photos, tmp_path):
     import json as _json
 

@@ -75,15 +75,28 @@ def test_torch_labelling_matches_flood_fill(seed):
         assert (ours[i][~mask[i].numpy()] == 0).all()
 
 
-def test_torch_and_scipy_paths_agree(monkeypatch):
-    g = torch.Generator().manual_seed(7)
-    maps = torch.nn.functional.interpolate(torch.rand(4, 1, 6, 6, generator=g), size=(40, 40),
-                                           mode="bilinear")[:, 0]
-    with_scipy = camlens.boxes(maps, 0.5)
+@pytest.mark.parametrize("seed", range(4))
+def test_torch_and_scipy_paths_agree(monkeypatch, seed):
     import camlens._derive as derive
 
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.nn.functional.interpolate(torch.rand(6, 1, 6, 6, generator=g), size=(40, 40),
+                                           mode="bilinear")[:, 0]
+    maps[1] = 0  # an empty map: the empty box
+    maps[2] = (maps[2] > 0.5).float()  # flat plateaus: ties between components
+    maps[3, :, :20] = maps[3, :, 20:]  # two equal components side by side
+    threshold = [0.5, 0.2, 0.9, 0.0][seed]
+    numpy_boxes = derive.boxes_numpy(maps.numpy(), threshold)  # the runner's path
+    with_scipy = camlens.boxes(maps, threshold)
+    assert with_scipy.dtype == torch.int64 and torch.equal(torch.from_numpy(numpy_boxes),
+                                                          with_scipy)
+    # the torch-only path: masks(largest_component=True) with our labelling
+    monkeypatch.setattr(derive, "_ndimage", lambda: None)
     monkeypatch.setattr(derive, "_labels", derive.connected_components)
-    assert torch.equal(camlens.boxes(maps, 0.5), with_scipy)
+    assert torch.equal(camlens.boxes(maps, threshold), with_scipy)
+    assert with_scipy[1].tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="NaN"):
+        derive.boxes_numpy(np.full((3, 3), np.nan, np.float32))
 
 
 def test_errors():

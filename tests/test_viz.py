@@ -144,6 +144,87 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.png"]
 
 
+def test_png_with_and_without_isal(monkeypatch):
+    import zlib
+
+    import camlens.viz._image as image_module
+
+    pixels = np.random.default_rng(3).integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    pixels[:, :20] = 90  # some runs for deflate to find
+    fast = image_module.encode_png(pixels)
+    monkeypatch.setattr(image_module, "_fast_zlib", None)
+    plain = image_module.encode_png(pixels)
+    for png in (fast, plain, image_module.encode_png(pixels, compress_level=9)):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), pixels)
+    start = plain.index(b"IDAT") + 4
+    size = int.from_bytes(plain[start - 8 : start - 4], "big")
+    assert plain[start : start + size] == zlib.compress(  # zlib's level 1 without isal
+        zlib.decompress(plain[start : start + size]), 1)
+
+
+def test_atomic_write_permissions_and_links(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = viz.atomic_write(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640  # 0666 minus the umask, not 0600
+    # a link where the file goes is replaced, never written through
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    (tmp_path / "b.bin").symlink_to(outside)
+    viz.atomic_write(tmp_path / "b.bin", b"new")
+    assert outside.read_text() == "keep" and (tmp_path / "b.bin").read_bytes() == b"new"
+    assert not (tmp_path / "b.bin").is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_blend_table_is_the_float_formula_bit_for_bit():
+    from camlens.viz._colormaps import blend
+
+    def by_hand(rgb, values, alpha, name):  # the formula, pixel by pixel, in float32
+        part = (1.0 - alpha) * rgb.astype(np.float32)
+        part += alpha * viz.colormap(values, name).astype(np.float32)
+        return np.clip(np.rint(part), 0, 255).astype(np.uint8)
+
+    # every (colour index, pixel value) pair, at a few alphas and every colormap
+    index = np.repeat(np.arange(256), 256).reshape(256, 256).astype(np.float32) / 255
+    pixels = np.stack([np.tile(np.arange(256, dtype=np.uint8), (256, 1))] * 3, -1)
+    pixels[..., 1] = pixels[..., 1][::-1]
+    for name in viz.available_colormaps():
+        for alpha in (0.0, 0.3, 0.5, 1 / 3, 0.7, 1.0):
+            assert np.array_equal(blend(pixels, index, alpha, name),
+                                  by_hand(pixels, index, alpha, name)), (name, alpha)
+    # values between table entries round as the colormap does
+    values = np.random.default_rng(0).random((50, 60), dtype=np.float32)
+    rgb = np.random.default_rng(1).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    assert np.array_equal(blend(rgb, values, 0.45, "jet"), by_hand(rgb, values, 0.45, "jet"))
+
+
+@pytest.mark.parametrize(("picture", "expected"), [
+    ("horizontal", 2),  # a left-to-right ramp: every row alike, Up leaves zeros
+    ("vertical", 1),  # a top-to-bottom ramp: every row flat, Sub does
+    ("flat", 0),  # nothing to gain: None
+])
+def test_png_filter_is_chosen_per_picture(picture, expected):
+    import zlib
+
+    from camlens.viz._image import encode_png
+
+    ramp = np.arange(200, dtype=np.uint8)
+    a = {"horizontal": np.tile(ramp[None, :, None], (120, 1, 3)),
+         "vertical": np.tile(ramp[:, None, None], (1, 120, 3)),
+         "flat": np.zeros((60, 70, 3), np.uint8)}[picture]
+    png = encode_png(a)
+    start = png.index(b"IDAT") + 4
+    raw = zlib.decompress(png[start : start + int.from_bytes(png[start - 8 : start - 4], "big")])
+    h, w = a.shape[:2]
+    assert {raw[r * (w * 3 + 1)] for r in range(h)} == {expected}
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), a)
+
+
 # ----------------------------------------------------------------- maps of a crop
 @pytest.fixture(scope="module")
 def cat_photo(tmp_path_factory):

@@ -14,7 +14,7 @@ import io
 import json
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from ..cli._common import (
     small_image_note,
 )
 from ._index import INDEX, RunFolderError, RunIndex
+from ._threads import Helpers, Interrupted
 
 
 @dataclass
@@ -220,8 +221,8 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
     and pictures are written by threads while the model runs the next."""
     size = job.args.batch_size
     chunks = [range(s, min(s + size, len(job.files))) for s in range(0, len(job.files), size)]
-    readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-decode")
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-write")
+    readers = Helpers(2, "camlens-decode")
+    pool = Helpers(2, "camlens-write")
     pending: list[tuple[int, Future[dict[str, Any]]]] = []
     bar = tqdm(total=len(job.files), unit="img", desc="camlens explain", disable=not job.show,
                leave=False)
@@ -234,40 +235,44 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
         ahead = read(chunks[0]) if chunks else None
         for n, chunk in enumerate(chunks):
             assert ahead is not None
-            loaded = [item for task in ahead for item in task.result()]
+            loaded = [item for task in ahead for item in readers.wait(task)]
             ahead = read(chunks[n + 1]) if n + 1 < len(chunks) else None
             pending += _explain_batch(job, loaded, run, pool)
             while len(pending) > 4 * size:  # bound the pictures held in memory
-                _collect_result(job, pending.pop(0), run)
+                _collect_result(job, pending.pop(0), run, pool)
             while pending and pending[0][1].done():
-                _collect_result(job, pending.pop(0), run)
+                _collect_result(job, pending.pop(0), run, pool)
             job.index.sync()  # one fsync per batch, not per image
             bar.update(len(chunk))
     except BaseException:  # Ctrl-C, a full disk: finish what is written, then stop
         bar.close()
         try:
             while pending:
-                _collect_result(job, pending.pop(0), run)
+                _collect_result(job, pending.pop(0), run, pool)
         except _StorageError:
             pass  # already stopping
         finally:
-            readers.shutdown(cancel_futures=True)
+            readers.shutdown(cancel=True)
             pool.shutdown()
         raise
     bar.close()
     try:
         while pending:
-            _collect_result(job, pending.pop(0), run)
+            _collect_result(job, pending.pop(0), run, pool)
     finally:
-        readers.shutdown(cancel_futures=True)
+        readers.shutdown(cancel=True)
         pool.shutdown()
 
 
-def _collect_result(job: Job, item: tuple[int, Future[dict[str, Any]]], run: IndexedRun) -> None:
-    """The image's files are in place: its index line makes it done."""
+def _collect_result(job: Job, item: tuple[int, Future[dict[str, Any]]], run: IndexedRun,
+                    pool: Helpers) -> None:
+    """The image's files are in place: its index line makes it done. An image whose
+    drawing a Ctrl-C cut short gets no line (a resumed run does it again)."""
     index, future = item
     try:
-        record = future.result()
+        record = pool.wait(future)
+    except (Interrupted, CancelledError):
+        return
     except OSError as err:
         if err.errno in _STORAGE_ERRNOS:  # the folder, not the image: stop, resumable
             raise _StorageError(err.errno, err.strerror) from err
@@ -294,7 +299,7 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFB
 
 def _explain_batch(
     job: Job, loaded: list[tuple[int, np.ndarray, torch.Tensor]], run: Run,
-    pool: ThreadPoolExecutor,
+    pool: Helpers,
 ) -> list[tuple[int, Future[dict[str, Any]]]]:
     """Explain one decoded batch; queue the writing of its pictures."""
     methods = job.methods.live()
@@ -344,14 +349,15 @@ def _prepare_and_render(job: Job, batch: _Batch, b: int, index: int,
 
 def _prepare(job: Job, batch: _Batch, b: int, index: int, rgb: np.ndarray) -> dict[str, Any]:
     """Image ``b`` of a batch, moved to numpy: its maps, boxes and peaks, probabilities."""
-    from .._derive import boxes
+    from .._derive import boxes_numpy
 
     maps = {}
-    for method, m in batch.maps.items():
-        m = m[b][None] if m[b].ndim == 2 else m[b]  # (K, H, W)
-        empty = (m.flatten(1).amax(1) <= 0).tolist()
-        maps[method] = (m.numpy(), boxes(m, job.args.threshold).tolist(),
-                        m.flatten(1).argmax(1).tolist(), empty)
+    for method, m in batch.maps.items():  # NumPy only: no torch (OpenMP) work in this thread
+        m = m[b].numpy()
+        m = m[None] if m.ndim == 2 else m  # (K, H, W)
+        flat = m.reshape(m.shape[0], -1)
+        maps[method] = (m, boxes_numpy(m, job.args.threshold).tolist(),
+                        flat.argmax(1).tolist(), (flat.max(1) <= 0).tolist())
     return {
         "index": index,
         "rgb": rgb,

@@ -50,13 +50,13 @@ import re
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cli._common import CliError, Run, say
 from ._index import _Shard
+from ._threads import Helpers
 
 if TYPE_CHECKING:
     from ._local import IndexedRun, Job
@@ -337,8 +337,8 @@ class _Worker:
         self.job.message = self.messages.append
         self.job.plan_sink = self._plan
         self.job.methods.quiet = True
-        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-decode")
-        self.writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camlens-write")
+        self.readers = Helpers(2, "camlens-decode")
+        self.writers = Helpers(2, "camlens-write")
 
     def _plan(self, rows: Sequence[Any], batch: int, images: int) -> None:
         self.plan = [[list(r) for r in rows], batch]
@@ -355,11 +355,12 @@ class _Worker:
         run = _Collect()
         tasks = [self.readers.submit(decode, job.files, range(k, k + 1), job.preprocess,
                                      job.max_pixels, run) for k in range(len(job.files))]
-        loaded = [item for task in tasks for item in task.result()]
+        loaded = [item for task in tasks for item in self.readers.wait(task)]
         lines: list[str] = []
         for k, future in _explain_batch(job, loaded, run, self.writers):
             try:
-                lines.append(json.dumps({"record": future.result()}, ensure_ascii=False))
+                lines.append(json.dumps({"record": self.writers.wait(future)},
+                                        ensure_ascii=False))
             except OSError as err:
                 if err.errno in _STORAGE_ERRNOS:
                     lines.append(json.dumps({"storage": [err.errno, err.strerror]}))

@@ -34,3 +34,37 @@ def colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
     v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
     index = np.clip(np.rint(v * 255), 0, 255).astype(np.intp)
     return tables[name][index]
+
+
+@lru_cache(maxsize=16)
+def _blend_table(name: str, alpha: float) -> np.ndarray:
+    """Every blended value, (3, 256 * 256) uint8: channel c, colour index i, pixel p at
+    ``[c, i << 8 | p]``, computed in float32 exactly as :func:`blend` would pixel by
+    pixel, so the table changes the speed and never a value."""
+    tables = _tables()
+    if name not in tables:
+        raise unknown_choice("colormap", name, tables)
+    colour = tables[name].T.astype(np.float32)[:, :, None]  # (3, 256 indices, 1)
+    part = (1.0 - alpha) * np.arange(256, dtype=np.float32)[None, None, :]
+    part = part + alpha * colour
+    return np.clip(np.rint(part), 0, 255).astype(np.uint8).reshape(3, 1 << 16)
+
+
+def blend(rgb: np.ndarray, values: np.ndarray, alpha: float, name: str = "jet") -> np.ndarray:
+    """``rint((1 - alpha) * rgb + alpha * colormap(values))`` in float32, as uint8 (H, W, 3).
+
+    ``rgb`` is uint8 (H, W, 3), ``values`` (H, W) finite, in [0, 1]. One lookup per pixel
+    and channel in a 196 KB table per (colormap, alpha) instead of a colour lookup and four
+    float passes: 2-3x faster, and bit for bit the same (tests/test_viz.py checks it)."""
+    table = _blend_table(name, float(alpha))
+    v = np.multiply(values, 255, dtype=np.float32)
+    np.rint(v, out=v)
+    np.clip(v, 0, 255, out=v)
+    index = v.astype(np.uint16)
+    index <<= 8
+    key = rgb.astype(np.uint16)
+    key += index[..., None]
+    out = np.empty(key.shape, np.uint8)
+    for c in range(3):
+        np.take(table[c], key[..., c], out=out[..., c])
+    return out

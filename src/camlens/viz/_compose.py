@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._colormaps import colormap as apply_colormap
+from ._colormaps import blend
 from ._image import Picture, _pil, load_image
 
 Box = tuple[int, int, int, int]
@@ -19,19 +19,21 @@ _ASPECT_TOLERANCE = 0.02  # relative difference of width / height beyond which m
 
 
 def _map_tensor(cam: Any) -> torch.Tensor:
-    """One map (H, W) as a float32 tensor in [0, 1] (raw values are min-max normalised)."""
-    t = torch.as_tensor(np.asarray(cam.detach().cpu() if hasattr(cam, "detach") else cam))
-    t = t.to(torch.float32)
-    while t.ndim > 2 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim != 2:
-        raise ValueError(f"expected one map of shape (H, W), got {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
+    """One map (H, W) as a float32 tensor in [0, 1] (raw values are min-max normalised).
+
+    The checks run in NumPy: small torch reductions would start an OpenMP team in every
+    writer thread of a dataset run."""
+    a = np.asarray(cam.detach().cpu() if hasattr(cam, "detach") else cam, dtype=np.float32)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"expected one map of shape (H, W), got {tuple(a.shape)}")
+    if not np.isfinite(a).all():
         raise ValueError("the map contains NaN or inf")
-    lo, hi = float(t.min()), float(t.max())
+    lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi > 1:  # raw values: show them min-max normalised
-        t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
-    return t
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
 def _resized(t: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -114,11 +116,9 @@ def overlay(
     rgb = load_image(image)
     t = _map_tensor(cam)
     x0, y0, x1, y1 = _region_box(region, rgb.shape[0], rgb.shape[1], tuple(t.shape))
-    heat = apply_colormap(_resized(t, (y1 - y0, x1 - x0)), colormap)
-    part = (1.0 - alpha) * rgb[y0:y1, x0:x1].astype(np.float32)
-    part += alpha * heat.astype(np.float32)
     out = rgb.copy()
-    out[y0:y1, x0:x1] = np.clip(np.rint(part), 0, 255)
+    out[y0:y1, x0:x1] = blend(rgb[y0:y1, x0:x1], _resized(t, (y1 - y0, x1 - x0)), alpha,
+                              colormap)
     return Picture(out)
 
 
@@ -187,17 +187,15 @@ def _strip_height(lines: int, font_size: int) -> int:
     return font_size + 8 + (lines - 1) * (font_size + max(2, font_size // 4))
 
 
-def _labelled(
-    panel: np.ndarray, lines: Sequence[str], n_lines: int, font: Any, font_size: int
+def _strip(
+    width: int, lines: Sequence[str], n_lines: int, font: Any, font_size: int
 ) -> np.ndarray:
-    """``panel`` under a white strip of ``n_lines`` text lines holding ``lines``."""
+    """A white label strip ``width`` pixels wide with room for ``n_lines`` text lines,
+    holding ``lines`` in black."""
     Image = _pil()
     from PIL import ImageDraw
 
-    h, w = panel.shape[:2]
-    strip = _strip_height(n_lines, font_size)
-    canvas = Image.new("RGB", (w, h + strip), (255, 255, 255))
-    canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (0, strip))
+    canvas = Image.new("RGB", (width, _strip_height(n_lines, font_size)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     pitch = font_size + max(2, font_size // 4)
     for k, line in enumerate(lines):
@@ -320,18 +318,19 @@ def _layout(table: Sequence[Sequence[tuple[np.ndarray, str]]], font_size: int) -
     font = _font(font_size)
     wrapped = [[_wrap_title(t, max(0, p.shape[1] - 8), font) for p, t in row] for row in table]
     n_lines = max(len(lines) for row in wrapped for lines in row)
-    panels = [
-        [_labelled(p, lines, n_lines, font, font_size) for (p, _), lines in zip(row, row_lines)]
-        for row, row_lines in zip(table, wrapped)
-    ]
-    ph = max(p.shape[0] for row in panels for p in row)
-    pw = max(p.shape[1] for row in panels for p in row)
-    cols = max(len(row) for row in panels)
+    strip = _strip_height(n_lines, font_size)
+    # each panel sits under its label strip; panels are copied once, into the sheet
+    ph = strip + max(p.shape[0] for row in table for p, _ in row)
+    pw = max(p.shape[1] for row in table for p, _ in row)
+    cols = max(len(row) for row in table)
     gap = 4
-    sheet = np.full((len(panels) * ph + (len(panels) - 1) * gap, cols * pw + (cols - 1) * gap,
+    sheet = np.full((len(table) * ph + (len(table) - 1) * gap, cols * pw + (cols - 1) * gap,
                      3), 255, np.uint8)
-    for r, row in enumerate(panels):
-        for c, panel in enumerate(row):
+    for r, (row, row_lines) in enumerate(zip(table, wrapped)):
+        for c, ((panel, _), lines) in enumerate(zip(row, row_lines)):
             y, x = r * (ph + gap), c * (pw + gap)
-            sheet[y : y + panel.shape[0], x : x + panel.shape[1]] = panel
+            h, w = panel.shape[:2]
+            if any(lines):
+                sheet[y : y + strip, x : x + w] = _strip(w, lines, n_lines, font, font_size)
+            sheet[y + strip : y + strip + h, x : x + w] = panel
     return Picture(sheet)
