@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -60,18 +61,12 @@ def connected_components(mask: Tensor) -> Tensor:
 def _labels(mask: Tensor) -> Tensor:
     """Component labels (N, H, W) of 8-connected regions; SciPy's C labelling on CPU if
     installed (same components, faster), else :func:`connected_components`."""
-    if mask.device.type == "cpu":
-        try:
-            from scipy import ndimage
-        except ImportError:
-            ndimage = None
-        if ndimage is not None:
-            import numpy as np
-
-            structure = np.zeros((3, 3, 3), dtype=bool)
-            structure[1] = True  # 8-connected within a map, never across maps
-            labels, _ = ndimage.label(mask.numpy(), structure=structure)
-            return torch.from_numpy(labels.astype(np.int64))
+    ndimage = _ndimage() if mask.device.type == "cpu" else None
+    if ndimage is not None:
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1] = True  # 8-connected within a map, never across maps
+        labels, _ = ndimage.label(mask.numpy(), structure=structure)
+        return torch.from_numpy(labels.astype(np.int64))
     return connected_components(mask)
 
 
@@ -108,7 +103,7 @@ def boxes(maps: Tensor, threshold: float = 0.2) -> Tensor:
     the largest 8-connected component (Zhou et al. 2016 use 0.2; the Grad-CAM paper 0.15).
     An all-zero map gives the empty box (0, 0, 0, 0).
     """
-    if maps.device.type == "cpu" and isinstance(maps, Tensor) and _ndimage() is not None:
+    if isinstance(maps, Tensor) and maps.device.type == "cpu" and _ndimage() is not None:
         found = boxes_numpy(_check(maps, threshold).detach().numpy(), threshold)
         return torch.from_numpy(found)
     keep = masks(maps, threshold, largest_component=True)
@@ -156,6 +151,7 @@ def boxes_numpy(maps: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     return out.reshape(*maps.shape[:-2], 4)
 
 
+@functools.lru_cache(maxsize=1)
 def _ndimage() -> Any:
     try:
         from scipy import ndimage
