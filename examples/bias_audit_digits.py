@@ -174,16 +174,25 @@ def table(run: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def figure_maps(run: dict[str, Any], path: Path) -> None:
-    """Canvases of each test set with the Grad-CAM of the predicted class: 3s and two other
-    digits (correlated, no stripes); 3s and other digits the model calls 3 (decorrelated)."""
+def _pyplot(path: Path) -> Any:
+    """matplotlib's pyplot on the Agg backend, or None (said) when it is not installed."""
     try:
         import matplotlib
     except ImportError:
         print("matplotlib is not installed: no", path.name)
-        return
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_maps(run: dict[str, Any], path: Path) -> None:
+    """Canvases of each test set with the Grad-CAM of the predicted class: 3s and two other
+    digits (correlated, no stripes); 3s and other digits the model calls 3 (decorrelated)."""
+    plt = _pyplot(path)
+    if plt is None:
+        return
 
     from camlens.viz import overlay
 
@@ -220,13 +229,9 @@ def figure_maps(run: dict[str, Any], path: Path) -> None:
 
 def figure_classes(run: dict[str, Any], path: Path) -> None:
     """Per class: accuracy on the three test sets, and energy on the digit's box."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed: no", path.name)
+    plt = _pyplot(path)
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     r = run["results"]
     classes = np.arange(10)

@@ -104,8 +104,8 @@ def boxes(maps: Tensor, threshold: float = 0.2) -> Tensor:
     An all-zero map gives the empty box (0, 0, 0, 0).
     """
     if isinstance(maps, Tensor) and maps.device.type == "cpu" and _ndimage() is not None:
-        found = boxes_numpy(_check(maps, threshold).detach().numpy(), threshold)
-        return torch.from_numpy(found)
+        return torch.from_numpy(_scipy_boxes(_check(maps, threshold).detach().numpy(),
+                                             threshold))
     keep = masks(maps, threshold, largest_component=True)
     rows = keep.any(dim=-1)  # (..., H)
     cols = keep.any(dim=-2)  # (..., W)
@@ -133,6 +133,12 @@ def boxes_numpy(maps: np.ndarray, threshold: float = 0.2) -> np.ndarray:
         raise ValueError(f"maps must have shape (..., H, W), got {maps.shape}")
     if not np.isfinite(maps).all():
         raise ValueError("maps contain NaN or inf")
+    return _scipy_boxes(maps, threshold)
+
+
+def _scipy_boxes(maps: np.ndarray, threshold: float) -> np.ndarray:
+    """The boxes of checked float32 maps (..., H, W), labelled by SciPy."""
+    ndimage = _ndimage()
     h, w = maps.shape[-2:]
     flat = maps.reshape(-1, h, w)
     out = np.zeros((flat.shape[0], 4), np.int64)

@@ -355,16 +355,10 @@ def make_labels(
     written to ``labels.json`` and its ``exit_code`` (1 when an image or a named method
     failed: those are listed and skipped, the others written).
     """
-    from .cli._common import CliError
+    from .cli._common import CliError, model_spec, path_items
 
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not items:
-        raise ValueError("paths is empty; give image files or folders")
-    given = None
-    if not isinstance(model, str):
-        given, model = model, f"{type(model).__module__}.{type(model).__qualname__}"
-    elif labels is not None:
-        raise ValueError("labels= is for a model object; a model spec brings its own names")
+    items = path_items(paths)
+    given, model = model_spec(model, labels)
     if classes is not None and not isinstance(classes, str):
         classes = list(classes)
     band = None

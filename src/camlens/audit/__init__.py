@@ -95,13 +95,12 @@ def audit(
     Writes ``report.md``, ``report.html`` (self-contained), ``audit.csv``, ``audit.json``,
     ``images.jsonl`` (one record per image) and ``thumbs/`` into ``out``.
     """
+    from ..cli._common import path_items
     from ..runner import run
 
     method = check_args(method, min_images, z, ratio, floor, worst, tolerance, border,
                         batch_size)
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not items:
-        raise ValueError("paths is empty; give image files or folders")
+    items = path_items(paths)
     out = Path(out)
     check_out(out, items)
     the_model, pre, names = load(model, weights, trust_model, preprocess, labels, device)

@@ -78,8 +78,9 @@ def load(model: Any, weights: str | None, trust: bool, preprocess: Any,
         except CliError as err:
             raise ValueError(str(err)) from None
         return model, pre, names
-    if labels is not None:
-        raise ValueError("labels= is for a model object; a model spec brings its own names")
+    from ..cli._common import model_spec
+
+    model_spec(model, labels)  # a spec: labels= is refused
     keras = model.startswith("keras:") or model.lower().endswith((".keras", ".h5", ".hdf5"))
     if keras and "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = "torch"  # every method works on Keras's torch backend

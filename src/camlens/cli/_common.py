@@ -274,6 +274,24 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any
     return model, preprocess, labels, args.layer or "auto", device
 
 
+def path_items(paths: Any) -> list[Any]:
+    """The Python API's ``paths`` (one path, or a sequence of them) as a non-empty list."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise ValueError("paths is empty; give image files or folders")
+    return items
+
+
+def model_spec(model: Any, labels: Sequence[str] | None) -> tuple[Any, str]:
+    """The Python API's ``model``: ``(object or None, spec)``; an object is named by its
+    class for the run's records. ``labels=`` goes only with an object."""
+    if not isinstance(model, str):
+        return model, f"{type(model).__module__}.{type(model).__qualname__}"
+    if labels is not None:
+        raise ValueError("labels= is for a model object; a model spec brings its own names")
+    return None, model
+
+
 def object_preprocess(preprocess: Any) -> Any:
     """The pixel convention of a model handed as an object: a ``Preprocess``, a convention
     name (at 224 px), or ImageNet's by default."""

@@ -65,22 +65,16 @@ def run(
     resize=64)``) or a convention name (224 px; ImageNet's by default), and ``labels`` its
     class names (numbered by default). A resumed run checks the object's weights too.
     """
-    from ..cli._common import CliError
+    from ..cli._common import CliError, model_spec, path_items
     from ._local import run_explain
 
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not items:
-        raise ValueError("paths is empty; give image files or folders")
-    given = None
-    if not isinstance(model, str):
-        given, model = model, f"{type(model).__module__}.{type(model).__qualname__}"
-        if engine == "ray":
-            raise ValueError(
-                "engine='ray' loads the model inside each actor from a spec; save the model "
-                "(a TorchScript file, or a state dict for a known architecture) and pass that"
-            )
-    elif labels is not None:
-        raise ValueError("labels= is for a model object; a model spec brings its own names")
+    items = path_items(paths)
+    given, model = model_spec(model, labels)
+    if given is not None and engine == "ray":
+        raise ValueError(
+            "engine='ray' loads the model inside each actor from a spec; save the model "
+            "(a TorchScript file, or a state dict for a known architecture) and pass that"
+        )
     args = argparse.Namespace(
         model_object=given, labels=labels,
         paths=[str(p) for p in items], out=str(out), model=model, method=method,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import secrets
@@ -12,11 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-try:  # ISA-L's deflate: 3-4x faster than zlib's level 1, as small (the ``cli`` extra has it)
-    from isal import isal_zlib as _fast_zlib
-except ImportError:  # pragma: no cover - without the extra, zlib does the same job slower
-    _fast_zlib = None
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Images with more pixels than this are refused (decompression bombs); 64 megapixels."""
@@ -336,9 +332,21 @@ def _pick_filter(rows: np.ndarray, c: int) -> int:
 
 def deflate(data: Any, level: int = 1) -> bytes:
     """``data`` as a zlib stream: ISA-L at level 1 when installed, else zlib at ``level``."""
-    if level == 1 and _fast_zlib is not None:
-        return _fast_zlib.compress(data, 1)
+    fast = _isal() if level == 1 else None
+    if fast is not None:
+        return fast.compress(data, 1)
     return zlib.compress(data, level)
+
+
+@functools.lru_cache(maxsize=1)
+def _isal() -> Any:
+    """ISA-L's zlib module (3-4x faster than zlib's level 1, as small; the ``cli`` extra
+    has it), imported on the first PNG rather than with ``camlens``; None without it."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # without the extra, zlib does the same job slower
+        return None
+    return isal_zlib
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
