@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._derive import boxes as derive_boxes
-from ._guard import ModelGuard
-from .targets import find_logits
+from .._derive import boxes as derive_boxes
+from .._guard import ModelGuard
+from ..targets import find_logits
 
 __all__ = [
     "ConfidenceChange",
@@ -134,7 +134,7 @@ def _curve(
 def _adapted(model: Any, inputs: Any, baseline: Any = None) -> tuple[nn.Module, Tensor, Any]:
     """A Keras model's adapter and its inputs (and a baseline tensor) made channels-first;
     a PyTorch model and its tensors as they are."""
-    from ._adapters import adapt
+    from .._adapters import adapt
 
     adapter = adapt(model)
     if adapter is None:
@@ -454,7 +454,7 @@ def sanity_check(
     A map that stays similar does not depend on what the model learned. The explained
     class is fixed to the original model's (``target=None``: its top-1).
     """
-    from ._explainer import explain
+    from .._explainer import explain
 
     model, inputs, _ = _adapted(model, inputs)
     classes = _classes(model, inputs, target)
@@ -860,7 +860,7 @@ def _component_boxes(mask: Tensor, values: Tensor | None = None
     Returns ``owner`` (C,) the mask of each component, ``boxes`` (C, 4) pixel x0, y0, x1, y1
     (x1, y1 exclusive) and, with ``values`` (N, H, W), each component's largest value (C,).
     """
-    from ._derive import _labels
+    from .._derive import _labels
 
     n, h, w = mask.shape
     labels = _labels(mask.cpu()).view(n, h * w)
