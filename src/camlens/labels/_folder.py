@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .targets import ClassTarget, _check_classes, find_logits
+from ..targets import ClassTarget, _check_classes, find_logits
 
 __all__ = [
     "ClassSet",
@@ -173,7 +173,7 @@ def weak_boxes(
     component that holds the map's peak). Sorted by class, then score. The CAM paper boxes
     at 0.2 (Zhou et al. 2016, https://arxiv.org/abs/1512.04150).
     """
-    from .metrics import _component_boxes
+    from ..metrics import _component_boxes
 
     m = _as_maps(maps)
     b, k = m.shape[:2]
@@ -205,8 +205,8 @@ def save_voc_png(mask: Any, path: str | os.PathLike[str]) -> Path:
     colours them, so the file reads back as the same values (``camlens._annotations.
     load_masks``, Pillow's ``np.array(Image.open(path))``).
     """
-    from .viz import atomic_write
-    from .viz._image import _pil
+    from ..viz import atomic_write
+    from ..viz._image import _pil
 
     a = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
     if a.ndim != 2:
@@ -355,7 +355,7 @@ def make_labels(
     written to ``labels.json`` and its ``exit_code`` (1 when an image or a named method
     failed: those are listed and skipped, the others written).
     """
-    from .cli._common import CliError, model_spec, path_items
+    from ..cli._common import CliError, model_spec, path_items
 
     items = path_items(paths)
     given, model = model_spec(model, labels)
@@ -384,7 +384,7 @@ def make_labels(
 
 def _label_set(text: Any, names: Sequence[str]) -> list[int]:
     """Model class indices of ``--classes`` (names or indices, comma-separated, or a list)."""
-    from .cli._common import CliError
+    from ..cli._common import CliError
 
     if text is None or (isinstance(text, str) and not text.strip()):
         if len(names) > MAX_CLASSES:
@@ -394,7 +394,7 @@ def _label_set(text: Any, names: Sequence[str]) -> list[int]:
                 f"'{names[0]},{names[1]}'"
             )
         return list(range(len(names)))
-    from ._annotations import _Names
+    from .._annotations import _Names
 
     resolve = _Names(names)
     chosen: list[int] = []
@@ -420,7 +420,7 @@ def _label_set(text: Any, names: Sequence[str]) -> list[int]:
 
 
 def _parse_band(text: Any) -> tuple[float, float] | None:
-    from .cli._common import CliError
+    from ..cli._common import CliError
 
     if text is None:
         return None
@@ -449,11 +449,11 @@ def _placed(maps: Tensor, box: tuple[int, int, int, int], height: int, width: in
 
 def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """``camlens labels`` and :func:`make_labels`: returns (exit code, summary)."""
-    from . import __version__
-    from . import metrics as M
-    from ._annotations import load_classes, load_masks
-    from ._explainer import compare
-    from .cli._common import (
+    from .. import __version__
+    from .. import metrics as M
+    from .._annotations import load_classes, load_masks
+    from .._explainer import compare
+    from ..cli._common import (
         CliError,
         Run,
         collect,
@@ -467,7 +467,7 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         say,
         show_progress,
     )
-    from .viz import DEFAULT_MAX_PIXELS, atomic_write
+    from ..viz import DEFAULT_MAX_PIXELS, atomic_write
 
     methods = parse_methods(args.method, args.option)
     band = _parse_band(args.ignore_band)
@@ -649,7 +649,7 @@ def _label_image(
 ) -> dict[str, tuple[Tensor, list[Any], Tensor | None]]:
     """Image ``b`` of a batch, for every method: (mask (H, W) uint8 in the image's pixels,
     weak boxes, confusion against the true mask or None)."""
-    from .metrics import _confusion
+    from ..metrics import _confusion
 
     p = len(present)
     values = torch.tensor([k + 1 for k in present], dtype=torch.long)
@@ -684,7 +684,7 @@ def _present_classes(model: Any, x: Tensor, loaded: Sequence[Any], files: Sequen
     if given is not None:
         return [sorted(position[c] for c in given[files[i][0].name] if c in position)
                 for i, _, _ in loaded]
-    from ._guard import ModelGuard
+    from .._guard import ModelGuard
 
     with ModelGuard(model, eval_mode=True):
         logits = find_logits(model(x)).float().cpu()
