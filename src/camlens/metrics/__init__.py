@@ -5,10 +5,12 @@ randomisation sanity check.
 Everything is torch on the inputs' device; model forwards run batched without autograd in
 the model's eval mode, and the model is never modified (``sanity_check`` works on a copy).
 
-One module per family, each importing only from those below it:
-``_common`` (map checks, classes, batched probabilities, the Keras adapter) <-
-``_faithfulness``, ``_road``, ``_sanity``; ``_localisation`` and ``_segmentation`` stand
-alone (``_localisation`` on :mod:`camlens._derive`).
+One module per family; each imports only from those listed before it: ``_common`` (map
+checks, the explained classes, batched probabilities, a Keras model's adapter),
+``_segmentation`` (mIoU), ``_localisation`` (pointing games, box IoU, localisation error,
+MaxBoxAccV2; on :mod:`camlens._derive`), ``_faithfulness`` (deletion/insertion,
+confidence change), ``_road`` (ROAD and its multigrid imputation), ``_sanity`` (the
+randomisation test, on :func:`camlens.explain`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._adapters import adapt
 from .._guard import ModelGuard
 from ..targets import find_logits
 
@@ -60,8 +61,6 @@ def _probabilities(
 def _adapted(model: Any, inputs: Any, baseline: Any = None) -> tuple[nn.Module, Tensor, Any]:
     """A Keras model's adapter and its inputs (and a baseline tensor) made channels-first;
     a PyTorch model and its tensors as they are."""
-    from .._adapters import adapt
-
     adapter = adapt(model)
     if adapter is None:
         return model, inputs, baseline

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._explainer import explain
 from ._common import _adapted, _classes
 
 
@@ -77,8 +78,6 @@ def sanity_check(
     A map that stays similar does not depend on what the model learned. The explained
     class is fixed to the original model's (``target=None``: its top-1).
     """
-    from .._explainer import explain
-
     model, inputs, _ = _adapted(model, inputs)
     classes = _classes(model, inputs, target)
     keras = getattr(model, "camlens_adapter", False)
