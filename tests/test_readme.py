@@ -210,8 +210,19 @@ def check_own_model(ns: dict[str, Any], folder: Path) -> None:
     assert ns["net"].training  # a new Sequential is in train mode, and stays so
 
 
+def check_audit(ns: dict[str, Any], folder: Path) -> None:
+    audited = ns["audited"]
+    assert (audited.images, audited.annotated, audited.failed) == (3, 3, 0)
+    assert audited.flagged == []  # as the comment says: 3 images are too few
+    assert [r.name for r in audited.by_true] == ["tabby", "missile", "espresso"]
+
+
+AUDIT_FILES = "import json"  # the block writing the audit's photos and boxes
+
 CHECKS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "import camlens": check_intro,
+    "audited = camlens.audit([audit_photos], \"audit/\", model=model, preprocess=preprocess,":
+        check_audit,
     "import torch": check_models,
     "import os": check_keras,
     "from torch import nn": check_tasks,
@@ -222,7 +233,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], Path], None]] = {
 
 def test_every_check_names_a_python_block():
     firsts = [b.first_line for b in PYTHON]
-    for first in CHECKS:
+    for first in [*CHECKS, AUDIT_FILES]:
         assert firsts.count(first) == 1, f"no single Python block starts with {first!r}"
 
 
@@ -354,6 +365,14 @@ def serve_app(args: list[str], folder: Path, env: dict[str, str], line: int) -> 
 def test_command_line(line: int, command: str, folder: Path) -> None:
     args = shlex.split(command, comments=True)[1:]  # "camlens" is python -m camlens
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if "audit-photos/" in args:  # the files the README's Python block writes, as a reader
+        block = next(b for b in PYTHON if b.first_line == AUDIT_FILES)  # would have them
+        cwd = Path.cwd()
+        os.chdir(folder)
+        try:
+            exec(block.code, {"__name__": "__readme__"})
+        finally:
+            os.chdir(cwd)
     if args[0] == "app":
         serve_app(args, folder, env, line)
         return

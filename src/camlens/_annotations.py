@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,29 @@ class Objects:
         if self.label is not None:
             found.add(self.label)
         return sorted(found)
+
+
+def match_keys(what: str, keys: Collection[str], images: Collection[str],
+               how: str) -> str | None:
+    """Check per-image entries (``what``: annotations, masks, truth) against the images'
+    ``how`` (file name or stem). None naming an image is a mistake in the keys: a
+    ``ValueError`` naming a few of each. Otherwise a note saying how many entries name no
+    image and the first few of them (they are left out), or ``None`` when all do."""
+    if not keys or not images:
+        return None
+    missing = sorted(set(keys) - set(images))
+    if len(missing) == len(set(keys)):
+        shown = ", ".join(sorted(keys)[:3])
+        have = ", ".join(sorted(images)[:3])
+        raise ValueError(f"the {what} name none of the {len(images)} image(s): they are "
+                         f"keyed by {how} ({shown}{', ...' if len(keys) > 3 else ''}), the "
+                         f"images are {have}{', ...' if len(images) > 3 else ''}; check the "
+                         f"{how}s")
+    if not missing:
+        return None
+    return (f"{len(missing)} of the {len(set(keys))} entries in the {what} name no image "
+            f"(they are keyed by {how}) and are left out: {', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}")
 
 
 def load_annotations(

@@ -95,7 +95,7 @@ def audit(
     Writes ``report.md``, ``report.html`` (self-contained), ``audit.csv``, ``audit.json``,
     ``images.jsonl`` (one record per image) and ``thumbs/`` into ``out``.
     """
-    from ..cli._common import path_items
+    from ..cli._common import path_items, say
     from ..runner import run
 
     method = check_args(method, min_images, z, ratio, floor, worst, tolerance, border,
@@ -107,7 +107,8 @@ def audit(
     ann = read_annotations(annotations, names)
     mask_map = read_masks(masks)
     truth_map, truth_kind = read_truth(truth, names)
-    check_named(items, ann, mask_map, truth_map)
+    for note in check_named(items, ann, mask_map, truth_map):
+        say(note)  # as the runner's notes
     base = read_baseline(baseline)
     summary = run(items, out / RUN_FOLDER, model=the_model, preprocess=pre, labels=names,
                   method=method, layer=layer, save="shards", batch_size=batch_size,

@@ -217,19 +217,20 @@ def class_of(value: Any, names: Sequence[str], where: str) -> int:
 
 
 def check_named(items: Sequence[Any], ann: Mapping[str, Any],
-                mask_map: Mapping[str, np.ndarray], truth: Mapping[str, int] | None) -> None:
-    """Annotations that name none of the images are a mistake: say so before the model runs."""
+                mask_map: Mapping[str, np.ndarray], truth: Mapping[str, int] | None
+                ) -> list[str]:
+    """Entries that name none of the images are a mistake: say so before the model runs.
+    Returns a note for each kind where some entries name no image (how many, which)."""
+    from .._annotations import match_keys
+
     files = list(_files_under(items))
     names = {f.name for f in files}
     stems = {f.stem for f in files}
-    for what, keys, pool, how in (("annotations", ann, names, "file name"),
-                                  ("masks", mask_map, stems, "file stem"),
-                                  ("truth", truth or {}, names, "file name")):
-        if keys and files and not set(keys) & pool:
-            shown = ", ".join(sorted(keys)[:3])
-            have = ", ".join(sorted(pool)[:3])
-            raise ValueError(f"the {what} name none of the {len(files)} image(s): they are "
-                             f"keyed by {how} ({shown}, ...), the images are {have}, ...")
+    notes = [match_keys(what, keys, pool, how)
+             for what, keys, pool, how in (("annotations", ann, names, "file name"),
+                                           ("masks", mask_map, stems, "file stem"),
+                                           ("truth", truth or {}, names, "file name"))]
+    return [n for n in notes if n]
 
 
 def _files_under(items: Sequence[Any]) -> Iterator[Path]:

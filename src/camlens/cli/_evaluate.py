@@ -213,15 +213,16 @@ def parse_metrics(text: str, have_boxes: bool) -> list[str]:
 
 
 def _check_matches(annotations: dict[str, Any], files: Sequence[tuple[Path, str, str]]) -> None:
-    """Annotations that name none of the images are a mistake, not an empty result."""
-    names = {f[0].name for f in files}
-    if not names & set(annotations):
-        keys = ", ".join(sorted(annotations)[:3])
-        shown = ", ".join(sorted(names)[:3])
-        raise CliError(
-            f"the annotations name none of the {len(names)} image(s): they are keyed by "
-            f"file name ({keys}, ...), the images are {shown}, ...; check the file names"
-        )
+    """Annotations that name none of the images are a mistake, not an empty result; those
+    that name no image are said (how many, which)."""
+    from .._annotations import match_keys
+
+    try:
+        note = match_keys("annotations", annotations, {f[0].name for f in files}, "file name")
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    if note:
+        say(note)
 
 
 def _print_plan(model: torch.nn.Module, x: torch.Tensor, images: int, methods: int,

@@ -21,7 +21,7 @@ from ._writers import coco_json, save_voc_png
 def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """``camlens labels`` and :func:`make_labels`: returns (exit code, summary)."""
     from .. import __version__
-    from .._annotations import load_classes, load_masks
+    from .._annotations import load_classes, load_masks, match_keys
     from ..cli._common import (
         CliError,
         Run,
@@ -63,10 +63,13 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             raise CliError(str(err)) from None
     run = Run()
     files = collect(args.paths, run)
-    if given is not None and files and not {f[0].name for f in files} & set(given):
-        keys = ", ".join(sorted(given)[:3])
-        raise CliError(f"the annotations name none of the {len(files)} image(s): they are "
-                       f"keyed by file name ({keys}, ...)")
+    if given is not None:
+        try:
+            note = match_keys("annotations", given, {f[0].name for f in files}, "file name")
+        except ValueError as err:
+            raise CliError(str(err)) from None
+        if note:
+            say(note)
     out = output_folder(args.out)
     stems = output_names(files)
     source = (f"annotations {args.annotations}" if given is not None else

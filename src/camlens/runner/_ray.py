@@ -100,7 +100,8 @@ def run_ray(job: Job, run: IndexedRun) -> None:
         return
     started = _connect(ray, getattr(job.args, "address", None))
     try:
-        _run(ray, job, run)
+        with _without_noise():
+            _run(ray, job, run)
     finally:
         if started:
             ray.shutdown()
@@ -116,10 +117,17 @@ def _connect(ray: Any, address: str | None) -> bool:
                 "running there")
         return False
     if not address or address == "local":
+        # Ray turns token authentication on for a new local instance and warns that it did
+        # (a note on its default, not a problem): that warning alone is left out
+        auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = auth.level
+        auth.setLevel(logging.ERROR)
         try:
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         except (RuntimeError, ConnectionError, ValueError) as err:
             raise CliError(f"could not start a local Ray instance: {err}") from None
+        finally:
+            auth.setLevel(level)
         return True
     if address != "auto":
         _check_reachable(address)
@@ -130,6 +138,80 @@ def _connect(ray: Any, address: str | None) -> bool:
         why = f"{err}" + (f" ({_cause(err.__cause__)})" if err.__cause__ else "")
         raise CliError(f"--address {address}: could not join the Ray cluster: {why}") from None
     return True
+
+
+NOISE = (
+    # Ray Data's actors get their constructor's arguments through the object store and may
+    # restart; the driver's core worker then logs an error-looking line on every run
+    # (ray-project/ray#53727: a restart could fail if those objects were lost)
+    re.compile(rb"\[\d{4}-[^\]]*\] core_worker\.cc:\d+: Actor with class name: .* has "
+               rb"constructor arguments in the object store and max_restarts > 0"),
+)
+_LOG_START = b"[0000-00-00 "  # how Ray's C++ log lines begin (0: any digit)
+
+
+@contextmanager
+def _without_noise() -> Iterator[None]:
+    """This process's stderr (file descriptor 2, where Ray's C++ code logs) without the
+    lines of ``NOISE``; every other line passes, and so does at once what does not end in
+    a newline (a progress bar) unless it may be the start of one of Ray's log lines."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to filter
+        yield
+        return
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        held = b""
+        while chunk := os.read(read, 65536):
+            *lines, held = (held + chunk).split(b"\n")
+            out = b"".join(_unless_noise(line) for line in lines)
+            cut = _log_start(held)
+            out, held = out + held[:cut], held[cut:]
+            _write(saved, out)
+        _write(saved, held)
+
+    thread = threading.Thread(target=pump, name="camlens-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer is gone: the pump drains it and ends
+        thread.join(timeout=2)
+        if not thread.is_alive():  # else a child process holds the pipe: leave it the fds
+            os.close(read)
+            os.close(saved)
+
+
+def _unless_noise(line: bytes) -> bytes:
+    """A line and its newline, or what came before a noise line on it (a progress bar)."""
+    for pattern in NOISE:
+        found = pattern.search(line)
+        if found:
+            return line[:found.start()]
+    return line + b"\n"
+
+
+def _log_start(text: bytes) -> int:
+    """Where in an unfinished line one of Ray's log lines may begin (its length if nowhere)."""
+    at = text.find(b"[")
+    while at >= 0:
+        if all(c == t or (t == 48 and 48 <= c <= 57) for c, t in zip(text[at:], _LOG_START)):
+            return at
+        at = text.find(b"[", at + 1)
+    return len(text)
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _check_reachable(address: str) -> None:
