@@ -493,7 +493,7 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         except ValueError as err:
             raise CliError(str(err)) from None
     run = Run()
-    files = collect(args.paths, run)
+    files = collect(args.paths, run, out=args.out)
     if given is not None and files and not {f[0].name for f in files} & set(given):
         keys = ", ".join(sorted(given)[:3])
         raise CliError(f"the annotations name none of the {len(files)} image(s): they are "
