@@ -231,10 +231,13 @@ def test_ray_resumes_a_killed_local_run(ray_session: str, images: Path, referenc
     assert run_explain(_args([images], tmp_path, engine="ray")) == 1
     assert "20 image(s) already done, 21 to go" in capsys.readouterr().err
     _assert_same_outputs(tmp_path, reference)
-    # finished: nothing left to do (Ray is not even started)
+    # finished: only the unreadable file is tried again (an actor decodes it), and its
+    # failure, the same again, keeps its one line
     capsys.readouterr()
     run_explain(_args([images], tmp_path, engine="ray"))
-    assert "41 image(s) already done, 0 to go" in capsys.readouterr().err
+    assert ("40 image(s) already done, 1 to go (1 of them failed earlier as missing or "
+            "unreadable: tried again)") in capsys.readouterr().err
+    assert (tmp_path / "index.jsonl").read_bytes().count(b"\n") == 41
     _close(_records(tmp_path), _records(reference))
 
 

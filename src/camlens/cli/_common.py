@@ -47,7 +47,9 @@ class Run:
     images: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
 
-    def fail(self, name: str, reason: str) -> None:
+    def fail(self, name: str, reason: str, retry: bool = False) -> None:
+        """``name`` is skipped for ``reason``; ``retry``: the file was missing or could not
+        be read, so a resumed run tries it again."""
         self.errors.append({"file": name, "error": reason})
         say(f"skipped {name}: {reason}")
 
@@ -75,40 +77,108 @@ def show_progress(choice: str) -> bool:
 
 
 # ---------------------------------------------------------------- inputs and outputs
-def collect(paths: Sequence[str], run: Run) -> list[tuple[Path, str, str]]:
+def collect(paths: Sequence[str], run: Run, out: str | os.PathLike[str] | None = None,
+            ) -> list[tuple[Path, str, str]]:
     """(file, display name, name relative to its folder argument) for every image.
 
     Folders are walked recursively. A file with an image suffix is taken; a file without
-    one is taken when its first bytes are an image's (a JPEG saved without extension); the
-    other files are counted and named once on stderr. A file named on the command line is
-    always tried (and reported if it is not an image).
+    one is taken when its first bytes are an image's (a JPEG saved without extension). A
+    file named on the command line is always tried (and reported if it is not an image).
+    Left out of a walk, each kind counted and named once on stderr: files that are not
+    images, hidden images and hidden folders (names starting with "."), and camlens's own
+    outputs: the run's output folder ``out`` and any folder that holds an earlier run,
+    audit or labels (:func:`camlens_output`), so that a run never explains its pictures.
     """
+    own = Path(out).resolve() if out is not None else None
     files: list[tuple[Path, str, str]] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found, other = [], []
-            for f in sorted(p.rglob("*")):
-                if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
-                    continue
-                if f.suffix.lower() in IMAGE_SUFFIXES or _looks_like_image(f):
-                    found.append(f)
-                else:
-                    other.append(f)
-            if other:
-                shown = ", ".join(str(f.relative_to(p)) for f in other[:3])
-                more = f" and {len(other) - 3} more" if len(other) > 3 else ""
-                say(f"{raw}: left out {len(other)} file(s) that are not images ({shown}{more})")
+            made = camlens_output(p, own)
+            if made:
+                run.fail(raw, f"{made}: camlens's own outputs, not images to explain "
+                              "(name its files to explain them anyway)", retry=True)
+                continue
+            found, other, hidden, outputs = _walk(p, own)
+            _left_out(raw, "file(s) that are not images", other)
+            _left_out(raw, "hidden file(s) and folder(s)", hidden,
+                      "; name a hidden file on the command line to explain it")
+            _left_out(raw, "folder(s) of camlens's own outputs", outputs,
+                      ": a run never explains them", join="; ")
             if not found:
                 looked = ", ".join(IMAGE_SUFFIXES)
                 run.fail(raw, f"no image files in this folder (looked for {looked}, and for "
-                              "image contents in files without a suffix)")
+                              "image contents in files without a suffix)", retry=True)
             files += [(f, str(f), str(f.relative_to(p).with_suffix(""))) for f in found]
         elif p.exists():
             files.append((p, raw, p.stem))
         else:
-            run.fail(raw, "no such file or directory")
+            run.fail(raw, "no such file or directory", retry=True)
     return files
+
+
+def _walk(root: Path, own: Path | None) -> tuple[list[Path], list[str], list[str], list[str]]:
+    """The images below ``root``, in sorted order, and what was left out (names relative to
+    ``root``): other files, hidden images and folders, camlens output folders (why each)."""
+    found: list[Path] = []
+    other, hidden, outputs = [], [], []
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder)
+        keep = []
+        for d in sorted(dirs):  # pruned here: a hidden or output folder is never read
+            sub = here / d
+            made = None if d.startswith(".") else camlens_output(sub, own)
+            if d.startswith("."):
+                hidden.append(f"{sub.relative_to(root)}/")
+            elif made:
+                outputs.append(f"{sub.relative_to(root)}/: {made}")
+            else:
+                keep.append(d)
+        dirs[:] = keep
+        for name in names:
+            f = here / name
+            if not f.is_file():
+                continue
+            image = f.suffix.lower() in IMAGE_SUFFIXES or _looks_like_image(f)
+            if name.startswith("."):
+                if image:  # a hidden file of another kind (.DS_Store) goes without a word
+                    hidden.append(str(f.relative_to(root)))
+            elif image:
+                found.append(f)
+            else:
+                other.append(str(f.relative_to(root)))
+    return sorted(found), sorted(other), sorted(hidden), sorted(outputs)
+
+
+def _left_out(raw: str, what: str, names: Sequence[str], why: str = "",
+              join: str = ", ") -> None:
+    """One note for the ``names`` of a kind a folder walk left out: the first three."""
+    if names:
+        shown = join.join(names[:3])
+        more = f"{join}and {len(names) - 3} more" if len(names) > 3 else ""
+        say(f"{raw}: left out {len(names)} {what} ({shown}{more}){why}")
+
+
+def camlens_output(folder: Path, own: Path | None = None) -> str | None:
+    """Which camlens output ``folder`` is (a phrase for the user), or None for any other
+    folder: the running command's output folder ``own``, or one holding an earlier run
+    (its options and index), an audit (its report data) or pseudo-labels (their summary),
+    known by those files."""
+    from ..runner._index import INDEX, OPTIONS
+
+    if own is not None and folder.resolve() == own:
+        return "this run's output folder"
+    if (folder / OPTIONS).is_file() and (folder / INDEX).is_file():
+        return f"the folder of an earlier camlens run (it holds {OPTIONS} and {INDEX})"
+    if (folder / "audit.json").is_file() and (folder / "images.jsonl").is_file():
+        return "a camlens audit's folder (it holds audit.json and images.jsonl)"
+    try:
+        with open(folder / "labels.json", "rb") as f:
+            if re.match(rb'\{\s*"camlens"\s*:', f.read(64)):
+                return "a camlens labels folder (it holds camlens's labels.json)"
+    except OSError:
+        pass
+    return None
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -192,9 +262,9 @@ def decode(files: Sequence[tuple[Path, str, str]], chunk: range, preprocess: Any
             rgb = load_image(path, max_pixels=max_pixels)
             loaded.append((i, rgb, preprocess(rgb)))
         except ImageError as err:
-            run.fail(shown, str(err).removeprefix(f"{path}: "))
+            run.fail(shown, str(err).removeprefix(f"{path}: "), retry=True)
         except (OSError, ValueError) as err:
-            run.fail(shown, f"{type(err).__name__}: {err}")
+            run.fail(shown, f"{type(err).__name__}: {err}", retry=True)
     return loaded
 
 

@@ -55,7 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             annotations = load_annotations(args.annotations)
         except ValueError as err:
             raise CliError(str(err)) from None
-    found = collect(args.paths, Run())
+    found = collect(args.paths, Run(), out=args.out)
     if annotations and found:
         _check_matches(annotations, found)
     model, preprocess, labels, layer, device = load(args)

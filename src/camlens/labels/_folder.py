@@ -62,7 +62,7 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         except ValueError as err:
             raise CliError(str(err)) from None
     run = Run()
-    files = collect(args.paths, run)
+    files = collect(args.paths, run, out=args.out)
     if given is not None:
         try:
             note = match_keys("annotations", given, {f[0].name for f in files}, "file name")

@@ -3,12 +3,16 @@
 ``run.json`` holds the options that decide what the outputs are (model, methods, layer,
 target, ...): a run with other options is refused, never mixed into the folder.
 ``index.jsonl`` holds one JSON line per finished image (its outputs, or why it failed),
-appended as each image completes, after its files are in place. JSON Lines because
-appending a line is the whole write (no footer or schema to rewrite), a line torn by a
-crash is detected and cut on the next start, it streams in constant memory, and it needs
-no dependency (Parquet would need pyarrow and buffers row groups). Every output file is
-written to a temporary name and renamed, so a file is whole or absent; files without an
-index line are simply written again on resume, under the same names.
+appended as each image completes, after its files are in place. A failure marked
+``"retry": true`` (the file was missing or could not be read) is tried again by the next
+run, whose record then replaces it: the last record of a key is the one that counts, and
+:func:`read_index` yields only that one. Other failures (in the model) stay failed.
+JSON Lines because appending a line is the whole write (no footer or schema to
+rewrite), a line torn by a crash is detected and cut on the next start, it streams in
+constant memory, and it needs no dependency (Parquet would need pyarrow and buffers row
+groups). Every output file is written to a temporary name and renamed, so a file is
+whole or absent; files without an index line are simply written again on resume, under
+the same names.
 
 Maps can go into shard files (``maps/shard-*.bin``) instead of one ``.npy`` per image:
 each map is an ``.npy`` blob appended to the shard, and the index line gives its shard,
@@ -40,8 +44,12 @@ class RunFolderError(ValueError):
 class RunIndex:
     """The index of one output folder, opened for a run with ``options``.
 
-    ``done``: the keys (input paths as given) already finished, with their records'
-    output stems in ``stems``. ``append(record)`` adds a line and makes it durable.
+    ``done``: the keys (input paths as given) not to do again: finished, or failed for
+    another reason than reading the file; their records' output stems are in ``stems``.
+    ``retry``: key -> error of the earlier failures this run tries again (missing or
+    unreadable files). ``failed``: the keys whose last record is a failure; ``counts``
+    the run's totals.
+    ``append(record)`` adds a line and makes it durable.
     """
 
     def __init__(self, out: Path, options: dict[str, Any], restart: bool = False) -> None:
@@ -69,12 +77,21 @@ class RunIndex:
                                           ensure_ascii=False).encode("utf-8"))
             self.done: set[str] = set()
             self.stems: set[str] = set()
-            self.counts = {"done": 0, "failed": 0}
-            for record in self._read_and_repair():
-                self.done.add(record["key"])
+            self.failed: set[str] = set()
+            self.retry: dict[str, str] = {}
+            for record in self._read_and_repair():  # the last record of a key counts
+                key = record["key"]
+                self.retry.pop(key, None)
+                self.failed.discard(key)
+                self.done.discard(key)
+                if record.get("error") and record.get("retry"):
+                    self.retry[key] = record["error"]
+                    continue
+                self.done.add(key)
+                if record.get("error"):
+                    self.failed.add(key)
                 if record.get("stem"):
                     self.stems.add(str(record["stem"]).lower())
-                self.counts["failed" if record.get("error") else "done"] += 1
         except BaseException:
             self._index.close()
             raise
@@ -86,14 +103,27 @@ class RunIndex:
     def append(self, record: dict[str, Any]) -> None:
         """Add one finished image (after its files are in place). The line reaches the
         operating system at once (a killed process loses nothing); :meth:`sync` makes the
-        lines durable against a power cut, once per batch."""
+        lines durable against a power cut, once per batch. A retried file that fails
+        again for the same reason keeps its earlier line (the index does not grow)."""
+        key, error = record["key"], record.get("error")
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._write:
-            self._index.write(line.encode("utf-8"))
-            self._index.flush()
-            self._dirty = True
-            self.done.add(record["key"])
-            self.counts["failed" if record.get("error") else "done"] += 1
+            if not (error and record.get("retry") and self.retry.get(key) == error):
+                self._index.write(line.encode("utf-8"))
+                self._index.flush()
+                self._dirty = True
+            self.retry.pop(key, None)
+            self.done.add(key)
+            if error:
+                self.failed.add(key)
+            else:
+                self.failed.discard(key)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """``done``: images finished (in this run or before); ``failed``: images whose last
+        try failed (earlier failures that this run has not tried again are not counted)."""
+        return {"done": len(self.done) - len(self.failed), "failed": len(self.failed)}
 
     def sync(self) -> None:
         """fsync the shard, then the index: no durable line names bytes that are not."""
@@ -212,19 +242,46 @@ def read_index(out: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     A record has ``file`` (the input as given), ``stem`` (its outputs' name), and either
     ``error`` (why the image was skipped) or its results: ``predictions``, ``targets``,
     ``maps`` (per method: the ``.npy`` file or shard location, and per target its overlay,
-    peak and box), ``grids``. Read one at a time: memory stays flat for any run size.
+    peak and box), ``grids``. Read one at a time: memory stays flat for any run size. A
+    file that could not be read and was tried again by a later run has only its last
+    record.
     """
     path = Path(out) / INDEX
     if not path.exists():
         raise FileNotFoundError(f"{out} holds no camlens run index ({INDEX})")
+    replaced = _replaced(path)
     with open(path, "rb") as f:
-        for raw in f:
+        for n, raw in enumerate(f):
             if not raw.endswith(b"\n"):
                 return
+            if n in replaced:
+                continue
             try:
                 yield json.loads(raw)
             except ValueError:
                 return
+
+
+def _replaced(path: Path) -> set[int]:
+    """The line numbers of retried failures that a later line of the same key replaces.
+    Lines are parsed only after a retried failure, and then only up to their key."""
+    waiting: dict[str, int] = {}  # key of a retried failure -> its line
+    replaced: set[int] = set()
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f):
+            retry = b'"retry":true' in raw  # RunIndex.append's compact JSON
+            if not (waiting or retry):
+                continue
+            try:
+                key = (json.decoder.scanstring(raw.decode("utf-8"), 8)[0]
+                       if raw.startswith(b'{"key":"') else json.loads(raw)["key"])
+            except (ValueError, KeyError, TypeError):
+                break
+            if key in waiting:
+                replaced.add(waiting.pop(key))
+            if retry:
+                waiting[key] = n
+    return replaced
 
 
 def read_maps(out: str | os.PathLike[str]) -> Iterator[tuple[str, str, np.ndarray]]:

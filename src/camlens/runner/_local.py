@@ -133,21 +133,34 @@ class IndexedRun(Run):
         self.index = index
         self.failed = 0
 
-    def fail(self, name: str, reason: str) -> None:
+    def fail(self, name: str, reason: str, retry: bool = False) -> None:
         self.failed += 1
         if name not in self.index.done:
-            self.index.append({"key": name, "file": name, "error": reason})
+            record = {"key": name, "file": name, "error": reason}
+            self.index.append({**record, "retry": True} if retry else record)
         say(f"skipped {name}: {reason}")
 
 
 def remaining(paths: Sequence[str], run: IndexedRun) -> list[tuple[Path, str, str]]:
-    """The images of ``paths`` that the folder's index does not hold yet (all of them for
-    a new run); says how many a resumed run skips."""
-    found = collect(paths, run)
-    files = [f for f in found if f[1] not in run.index.done]
-    if len(files) < len(found):
-        say(f"resuming {run.index.out}: {len(found) - len(files)} image(s) already done, "
-            f"{len(files)} to go")
+    """The images of ``paths`` still to do in the folder's run (all of them for a new
+    run): those the index does not hold, and those that failed earlier because they were
+    missing or could not be read. A resumed run says how many are done, failed and to go.
+    The run's own output folder, and any other camlens output, is never walked."""
+    index = run.index
+    found = collect(paths, run, out=index.out)
+    files = [f for f in found if f[1] not in index.done]
+    retried = sum(f[1] in index.retry for f in files)
+    failed = sum(f[1] in index.failed for f in found)
+    if len(files) < len(found) or retried:
+        said = [f"{len(found) - len(files) - failed} image(s) already done"]
+        if failed:
+            said.append(f"{failed} failed earlier, not tried again (see {INDEX}; --restart "
+                        "redoes the run)")
+        said.append(f"{len(files)} to go")
+        if retried:
+            said[-1] += (f" ({retried} of them failed earlier as missing or unreadable: "
+                         "tried again)")
+        say(f"resuming {index.out}: {', '.join(said)}")
     return files
 
 

@@ -305,7 +305,7 @@ def _run(ray: Any, job: Job, run: IndexedRun) -> None:
                     job.index.append(line["record"])
                     job.finished += 1
                     bar.update(1)
-                elif "error" in line:
+                elif "error" in line:  # (file, reason, retry): unreadable files are retried
                     run.fail(*line["error"])
                     bar.update(1)
                 elif "storage" in line:
@@ -353,10 +353,10 @@ class _Collect(Run):
 
     def __init__(self) -> None:
         super().__init__()
-        self.failed: list[tuple[str, str]] = []
+        self.failed: list[tuple[str, str, bool]] = []
 
-    def fail(self, name: str, reason: str) -> None:
-        self.failed.append((name, reason))
+    def fail(self, name: str, reason: str, retry: bool = False) -> None:
+        self.failed.append((name, reason, retry))  # retry: the driver's IndexedRun marks it
 
 
 class _OwnShard(_Shard):
