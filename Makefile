@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := PIP_FIND_LINKS= PIP_CONFIG_FILE=/dev/null $(PY) -m pip
 TORCH := torch==2.13.0 torchvision==0.28.0
+# pytest-xdist workers for `make test` (tests/conftest.py keeps files with shared fixtures whole)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench examples clean
 
@@ -29,7 +31,7 @@ lint: $(VENV)/.test
 
 test: $(VENV)/.test
 	$(PY) -m ruff check src tests bench examples
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(VENV)/.test
 	$(PY) bench/bench_gradcam.py

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import tempfile
+from typing import Any
 
 # Keras picks its backend and writes keras.json on first import: the in-process Keras tests
 # run on the torch backend with a throwaway KERAS_HOME (TensorFlow ones run in subprocesses).
@@ -27,6 +29,39 @@ FAST = {
     "iscam": {"num_samples": 2},
     "smoothgradcam++": {"num_samples": 2},
 }
+
+
+# `make test` runs on two pytest-xdist workers. A file with a fixture of module or session
+# scope (a model, a Ray cluster, the app's server) runs whole on one worker, so that the
+# fixture is built once; so do the README's examples (they run in order in one namespace)
+# and the Ray tests (one cluster of 2 CPUs). The other files' tests go one by one to
+# whichever worker is free. (xdist's own xdist_group marks do not reach its scheduler under
+# pytest 9.2, which keeps node ids elsewhere.)
+WHOLE_FILES = {"test_readme.py", "test_ray.py"}
+SHARED_FIXTURE = re.compile(r"scope=[\"'](module|package|session)[\"']")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist") != "load":
+        return None  # an explicit --dist mode is xdist's
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+    whole: dict[str, bool] = {}
+
+    class ByFile(LoadScopeScheduling):
+        """Whole files where they share fixtures, single tests elsewhere; files with the
+        most tests start first (xdist's order), single tests fill the end."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path not in whole:
+                file = root / path
+                whole[path] = file.name in WHOLE_FILES or bool(
+                    file.is_file() and SHARED_FIXTURE.search(file.read_text(encoding="utf-8")))
+            return path if whole[path] else nodeid
+
+    return ByFile(config, log)
 
 
 class TinyNet(nn.Module):

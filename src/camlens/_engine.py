@@ -264,7 +264,9 @@ def _noisy_gradients(
     """Layer gradients (N, B, K, ...) at N noisy copies ``x + n``, ``n ~ N(0, std^2)``
     (one draw per copy, shared by the images: results do not depend on the batch)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
+    names = [n for n, _ in layers]
     per_sample: list[list[Tensor]] = []
+    all_scores = []
     for _ in range(method.noise_samples):
         noise = torch.randn(inputs.shape[1:], generator=g).to(inputs) * method.noise_std
         with LayerCapture(layers, grads=True) as capture, torch.no_grad():
@@ -274,10 +276,16 @@ def _noisy_gradients(
                 scores = target.scores(output, classes)
             else:
                 _, scores, _ = _scores(target, output, inputs.shape[0])
-            grads = _gradients(scores, capture.outputs, [n for n, _ in layers],  # type: ignore[arg-type]
-                               unmatched=_nothing_matched(target))
+            grads = _gradients(scores, capture.outputs, names,  # type: ignore[arg-type]
+                               unmatched=_nothing_matched(target), check=False)
+        all_scores.append(scores.detach())
         per_sample.append([gr.detach() for gr in grads])
-    return [torch.stack([s[i] for s in per_sample]) for i in range(len(layers))]
+    # checked once after the loop, not once per copy (each check makes the host wait for
+    # the device); the sum over copies is finite where every copy's score is
+    check_finite_scores(torch.stack(all_scores).sum(0))
+    stacked = [torch.stack([s[i] for s in per_sample]) for i in range(len(layers))]
+    _check_finite_gradients(stacked, names)
+    return stacked
 
 
 def _hessian_products(grads: list[Tensor], srcs: list[Tensor]) -> list[Tensor]:
@@ -381,15 +389,17 @@ def _nothing_matched(target: Any) -> bool:
 
 def _gradients(
     scores: Tensor, srcs: list[Tensor], names: list[str], create_graph: bool = False,
-    unused_ok: bool = False, unmatched: bool = False,
+    unused_ok: bool = False, unmatched: bool = False, check: bool = True,
 ) -> list[Tensor]:
     """d scores / d srcs as (B, K, *layer_shape) per layer, in one batched VJP.
 
     ``unused_ok``: a layer off the path to the score (FullGrad's every-layer sweep meets
     a detector's proposal branch) gets zero gradients instead of an error. ``unmatched``:
     the target matched nothing in any image, so constant scores give zero gradients (and
-    all-zero maps) instead of an error."""
-    check_finite_scores(scores)
+    all-zero maps) instead of an error. ``check=False``: the caller checks scores and
+    gradients for NaN and inf itself (once after a loop, not once per pass)."""
+    if check:
+        check_finite_scores(scores)
     b, k = scores.shape
     if not scores.requires_grad and unmatched:
         return [s.new_zeros(b, k, *s.shape[1:]) for s in srcs]
@@ -423,7 +433,8 @@ def _gradients(
                 f"layer {name!r} does not influence the target score; pick a layer on the "
                 "path from the input to the output"
             )
-    _check_finite_gradients(out, names)  # type: ignore[arg-type]
+    if check:
+        _check_finite_gradients(out, names)  # type: ignore[arg-type]
     return out  # type: ignore[return-value]
 
 

@@ -163,10 +163,13 @@ class Scorer:
             yield slice(start, min(start + self.batch_size, n))
 
     def scores(
-        self, make: Callable[[slice], Tensor], owner: Tensor, softmax: bool = False
+        self, make: Callable[[slice], Tensor], owner: Tensor, softmax: bool = False,
+        check: bool = True,
     ) -> Tensor:
         """Scores (N, K) of inputs built chunk by chunk by ``make(slice)`` (saves memory);
-        ``softmax=True`` gives class probabilities instead of the target's scores."""
+        ``softmax=True`` gives class probabilities instead of the target's scores.
+        ``check=False``: the caller checks for NaN and inf itself (:meth:`finite`), once
+        after a loop of calls: each check makes the host wait for the device."""
         n = owner.shape[0]
         self.progress.plan(n)
         out = []
@@ -176,10 +179,16 @@ class Scorer:
                 x = make(part)
                 if x.ndim == 4:  # NHWC convolutions are faster on CPU; same values
                     x = x.contiguous(memory_format=torch.channels_last)
-                out.append(_finite(_widen(self._score(model(x), owner[part], softmax)),
-                                   owner[part]))
+                out.append(_widen(self._score(model(x), owner[part], softmax)))
                 self.progress.advance(part.stop - part.start)
-        return torch.cat(out)
+        scores = torch.cat(out)
+        return _finite(scores, owner) if check else scores  # once, not per chunk
+
+    @staticmethod
+    def finite(scores: Tensor, owner: Tensor) -> Tensor:
+        """``scores`` (N, K) of the perturbed copies of images ``owner`` (N,), or a clear
+        error where one is NaN or inf."""
+        return _finite(scores, owner)
 
     def with_layer_output(
         self, layer: nn.Module, inputs: Tensor, make: Callable[[slice], Tensor], owner: int,
@@ -236,11 +245,11 @@ class Scorer:
                         current["calls"] = 0
                         result = self.model(inputs.expand(n, *inputs.shape[1:]))
                         scores = self._score(result, owners[part])
-                    out.append(_finite(_widen(scores), owners[part]))
+                    out.append(_widen(scores))
                     self.progress.advance(n)
         finally:
             handle.remove()
-        return torch.cat(out)
+        return _finite(torch.cat(out), owners)  # checked once: no device sync per chunk
 
 
 def _has_hooks(model: nn.Module) -> bool:

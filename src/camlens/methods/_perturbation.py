@@ -87,11 +87,13 @@ class _ScoreBase(Method):
         return len(_unique_channels(data.activations)[0]) * getattr(self, "num_samples", 1)
 
     def _channel_scores(self, data: LayerData, scale: float = 1.0,
-                        unique: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+                        unique: tuple[Tensor, Tensor, Tensor] | None = None,
+                        check: bool = True) -> Tensor:
         """Scores (B, K, C) of ``scale * masks[b, c] * x[b]`` for every image and channel.
 
         The masks of a chunk are made when the chunk runs: memory follows ``batch_size``.
         ``unique``: ``_unique_channels(data.activations)``, when the caller has it.
+        ``check=False``: NaN and inf are left for the caller to find (``Scorer.finite``).
         """
         assert data.scorer is not None and data.inputs is not None
         x = data.inputs
@@ -103,7 +105,7 @@ class _ScoreBase(Method):
 
         scorer = data.scorer
         scorer.batch_size = self.batch_size
-        scores = scorer.scores(make, owners)  # (U, K)
+        scores = scorer.scores(make, owners, check=check)  # (U, K)
         if data.counterfactual:  # channels whose masks lower the score weigh most
             scores = -scores
         return scores[inverse].permute(0, 2, 1)  # (B, K, C)
@@ -165,9 +167,10 @@ class SSCAM(_ScoreBase):
             def make(part: slice, noise: Tensor = noise) -> Tensor:
                 return x[owners[part]] * (masks[part] + noise[part]).unsqueeze(1)
 
-            s = data.scorer.scores(make, owners)  # (U, K)
+            s = data.scorer.scores(make, owners, check=False)  # (U, K)
             total = s if total is None else total + s
         assert total is not None
+        data.scorer.finite(total, owners)  # once: a NaN or inf of any draw stays in the sum
         scores = (total / self.num_samples)[inverse].permute(0, 2, 1)  # (B, K, C)
         return torch.softmax(-scores if data.counterfactual else scores, dim=-1)
 
@@ -197,9 +200,13 @@ class ISCAM(_ScoreBase):
         unique = _unique_channels(data.activations)  # the same masks at every step
         for i in range(self.num_samples):
             coeff += (i + 1) / self.num_samples
-            s = self._channel_scores(data, scale=coeff, unique=unique)
+            s = self._channel_scores(data, scale=coeff, unique=unique, check=False)
             total = s if total is None else total + s
         assert total is not None
+        assert data.scorer is not None  # once: a NaN or inf of any step stays in the sum
+        b, k, c = total.shape
+        data.scorer.finite(total.permute(0, 2, 1).reshape(b * c, k),
+                           torch.arange(b, device=total.device).repeat_interleave(c))
         return torch.softmax(total / self.num_samples, dim=-1)
 
 
@@ -247,10 +254,9 @@ class AblationCAM(Method):
             # item 0 is the layer output itself, item j ablates channels[j - 1]: the score
             # y and the y_k come from the very same computation, rounding included
             def make(part: slice, i: int = i, channels: Tensor = channels) -> Tensor:
-                idx = torch.arange(part.start, part.stop, device=acts.device)
-                out = acts[i].expand(len(idx), *acts.shape[1:]).clone()
-                rows = torch.nonzero(idx > 0).flatten()
-                out[rows, channels[idx[rows] - 1]] = 0
+                out = acts[i].expand(part.stop - part.start, *acts.shape[1:]).clone()
+                idx = torch.arange(max(part.start, 1), part.stop, device=acts.device)
+                out[idx - part.start, channels[idx - 1]] = 0  # row indices known on the host
                 return out
 
             scores = scorer.with_layer_output(data.layer[1], data.inputs[i : i + 1], make, i,
