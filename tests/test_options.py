@@ -13,17 +13,8 @@ import pytest
 import torch
 
 import camlens
-from camlens._registry import (
-    Choice,
-    Count,
-    Flag,
-    Ranks,
-    Real,
-    Rule,
-    create_method,
-    method_class,
-    register_method,
-)
+from camlens._options import Choice, Count, Flag, Ranks, Real, Rule
+from camlens._registry import create_method, method_class, register_method
 from camlens.methods import Method
 
 METHODS = camlens.available_methods()

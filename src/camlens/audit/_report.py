@@ -1,157 +1,30 @@
-"""The audit's report: one document rendered as Markdown and as self-contained HTML, the
-per-class CSV, and thumbnails of the worst cases (the map over the image, the object
-outlined)."""
+"""The audit's files: the report (one :class:`Doc`, written as Markdown and as
+self-contained HTML), the per-class CSV, the JSON, and thumbnails of the worst cases (the
+map over the image, the object outlined)."""
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import json
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ._result import RUN_FOLDER, TRUTH_SOURCES, WEAK_RATIO, AuditResult, ClassRow, label
+from ._collect import State, records, region_of
+from ._doc import Doc, Image, csv_text, num, pct
+from ._result import (
+    RUN_FOLDER,
+    TRUTH_SOURCES,
+    WEAK_RATIO,
+    AuditResult,
+    ClassRow,
+    class_table,
+    label,
+)
 from ._stats import Region, border_width, object_on_grid
 
-if TYPE_CHECKING:
-    from ._collect import State
-
 OUTLINE = (255, 0, 255)  # the object's outline on thumbnails (magenta: not in the jet colours)
-
-
-@dataclass
-class Image:
-    """A picture in a table cell: a file next to the report."""
-
-    path: str  # relative to the report's folder
-    alt: str
-
-
-Cell = str | Image
-
-
-@dataclass
-class Doc:
-    """A small document model (headings, paragraphs, lists, tables) with two renderings."""
-
-    title: str
-    blocks: list[tuple[str, Any]] = field(default_factory=list)
-
-    def heading(self, text: str) -> None:
-        self.blocks.append(("h", text))
-
-    def para(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def bullets(self, items: Sequence[str]) -> None:
-        self.blocks.append(("ul", list(items)))
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[Cell]],
-              numeric: Sequence[bool] | None = None) -> None:
-        self.blocks.append(("table", (list(header), [list(r) for r in rows],
-                                      list(numeric or [False] * len(header)))))
-
-    def markdown(self) -> str:
-        out = [f"# {self.title}", ""]
-        for kind, value in self.blocks:
-            if kind == "h":
-                out += [f"## {value}", ""]
-            elif kind == "p":
-                out += [value, ""]
-            elif kind == "ul":
-                out += [f"- {item}" for item in value] + [""]
-            else:
-                header, rows, numeric = value
-                out.append("| " + " | ".join(header) + " |")
-                out.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
-                for row in rows:
-                    out.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
-                out.append("")
-        return "\n".join(out)
-
-    def html(self, root: Path) -> str:
-        """The page with every picture inlined (base64 PNG): one file, nothing to carry."""
-        body = [f"<h1>{_inline(self.title)}</h1>"]
-        for kind, value in self.blocks:
-            if kind == "h":
-                body.append(f"<h2>{_inline(value)}</h2>")
-            elif kind == "p":
-                body.append(f"<p>{_inline(value)}</p>")
-            elif kind == "ul":
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in value) + "</ul>")
-            else:
-                header, rows, numeric = value
-                head = "".join(f"<th>{_inline(h)}</th>" for h in header)
-                lines = []
-                for row in rows:
-                    cells = "".join(
-                        f"<td class=\"num\">{_html_cell(c, root)}</td>" if n
-                        else f"<td>{_html_cell(c, root)}</td>" for c, n in zip(row, numeric))
-                    lines.append(f"<tr>{cells}</tr>")
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}"
-                            "</tbody></table>")
-        return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n"
-        )
-
-
-_CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;"
-    "color:#222}table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;"
-    "padding:.25rem .5rem;vertical-align:middle}th{background:#f3f3f3}td.num{text-align:right;"
-    "font-variant-numeric:tabular-nums}code{background:#f3f3f3;padding:0 .2rem}img{display:block}"
-)
-
-
-def _md_cell(cell: Cell) -> str:
-    if isinstance(cell, Image):
-        return f"![{cell.alt}]({cell.path})"
-    return str(cell).replace("|", "\\|")
-
-
-def _html_cell(cell: Cell, root: Path) -> str:
-    if isinstance(cell, Image):
-        data = base64.b64encode((root / cell.path).read_bytes()).decode("ascii")
-        return f"<img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(cell.alt)}\">"
-    return _inline(str(cell))
-
-
-def _inline(text: str) -> str:
-    """Markdown's ``**bold**`` and ``code`` spans as HTML; everything else escaped."""
-    out = html.escape(text, quote=False)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{100 * value:.{digits}f} %"
-
-
-def num(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    if value in (float("inf"), float("-inf")):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}f}"
-
-
-def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
-                         for v in row])
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- thumbnails
@@ -192,7 +65,6 @@ def pictures(result: AuditResult, folder: Path, method: str, roots: Sequence[Pat
     class; over all images when none is flagged, so that the report always shows where
     maps rest most on the background)."""
     from ..viz import ImageError, load_image, save_image
-    from ._collect import records, region_of
 
     wanted: dict[str, list[dict[str, Any]]] = {}
     for group in _shown(result):
@@ -237,38 +109,6 @@ def _shown(result: AuditResult) -> list[tuple[str, int | None, list[dict[str, An
     if not shown and result.worst_overall:
         shown = [("all", None, result.worst_overall)]
     return [g for g in shown if g[2]]
-
-
-def class_table_md(rows: Sequence[ClassRow], grouping: str) -> str:
-    """The per-class table alone, as Markdown."""
-    doc = Doc("")
-    header, body, numeric = _class_table(rows, grouping)
-    doc.table(header, body, numeric)
-    return doc.markdown().split("\n", 2)[2].strip()
-
-
-def _others(row: ClassRow) -> str:
-    """The two most frequent other-side classes with their share of the row's images."""
-    total = row.images or 1
-    return ", ".join(f"{label(c, name)}: {100 * n / total:.0f} %"
-                     for c, name, n in row.others[:2]) or "-"
-
-
-def _class_table(rows: Sequence[ClassRow], grouping: str,
-                 ) -> tuple[list[str], list[list[str]], list[bool]]:
-    true = grouping == "true"
-    header = ["class", "images", "accuracy" if true else "precision", "annotated",
-              "energy on object", "off object", "object area", "pointing game",
-              "predicted as" if true else "true classes", "z", "flagged"]
-    body = []
-    for r in rows:
-        v = r.verdict
-        body.append([
-            label(r.cls, r.name), str(r.images), pct(r.accuracy), str(r.annotated),
-            pct(r.energy_on), pct(r.energy_off), pct(r.object_area), pct(r.pointing),
-            _others(r), num(v.z, 1) if v.compared else "-", "**yes**" if v.flagged else "",
-        ])
-    return header, body, [False, True, True, True, True, True, True, True, False, True, False]
 
 
 def write(result: AuditResult, state: State, annotated: bool, border: float) -> None:
@@ -384,7 +224,7 @@ def _document(result: AuditResult, state: State, annotated: bool, border: float)
         "own standard error: far below the other classes both against their spread and in "
         "plain size."
     )
-    header, body, numeric = _class_table(rows, result.grouping)
+    header, body, numeric = class_table(rows, result.grouping)
     doc.heading(f"By {by}")
     doc.table(header, body, numeric)
     if result.grouping == "true":
@@ -392,7 +232,7 @@ def _document(result: AuditResult, state: State, annotated: bool, border: float)
         doc.para("The same statistics over the images grouped by what the model predicted "
                  "(the maps explain the predicted class): a class that attracts images by "
                  "their background shows here, with a low precision.")
-        header, body, numeric = _class_table(result.by_predicted, "predicted")
+        header, body, numeric = class_table(result.by_predicted, "predicted")
         doc.table(header, body, numeric)
     if any(r.baseline_accuracy is not None for r in rows):
         doc.heading("Against the baseline")

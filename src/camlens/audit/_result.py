@@ -1,11 +1,13 @@
-"""What an audit found: a row per class, and the whole result."""
+"""What an audit found: a row per class, the whole result, and its per-class table."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._doc import Doc, num, pct
 from ._stats import Verdict
 
 RUN_FOLDER = "run"  # the runner's folder inside the audit's: index, run.json, map shards
@@ -100,8 +102,6 @@ class AuditResult:
 
     def table(self) -> str:
         """The per-class table (Markdown) of :meth:`rows`."""
-        from ._report import class_table_md
-
         return class_table_md(self.rows(), self.grouping)
 
     def __str__(self) -> str:
@@ -114,3 +114,36 @@ class AuditResult:
 def label(cls: int, name: str | None) -> str:
     """``3`` where the class is named by its number, else ``281 (tabby)``."""
     return str(cls) if name in (None, str(cls)) else f"{cls} ({name})"
+
+
+def class_table_md(rows: Sequence[ClassRow], grouping: str) -> str:
+    """The per-class table alone, as Markdown."""
+    doc = Doc("")
+    header, body, numeric = class_table(rows, grouping)
+    doc.table(header, body, numeric)
+    return doc.markdown().split("\n", 2)[2].strip()
+
+
+def _others(row: ClassRow) -> str:
+    """The two most frequent other-side classes with their share of the row's images."""
+    total = row.images or 1
+    return ", ".join(f"{label(c, name)}: {100 * n / total:.0f} %"
+                     for c, name, n in row.others[:2]) or "-"
+
+
+def class_table(rows: Sequence[ClassRow], grouping: str,
+                ) -> tuple[list[str], list[list[str]], list[bool]]:
+    """The per-class table's header, cells and which columns are numbers."""
+    true = grouping == "true"
+    header = ["class", "images", "accuracy" if true else "precision", "annotated",
+              "energy on object", "off object", "object area", "pointing game",
+              "predicted as" if true else "true classes", "z", "flagged"]
+    body = []
+    for r in rows:
+        v = r.verdict
+        body.append([
+            label(r.cls, r.name), str(r.images), pct(r.accuracy), str(r.annotated),
+            pct(r.energy_on), pct(r.energy_off), pct(r.object_area), pct(r.pointing),
+            _others(r), num(v.z, 1) if v.compared else "-", "**yes**" if v.flagged else "",
+        ])
+    return header, body, [False, True, True, True, True, True, True, True, False, True, False]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._registry import Flag, register_method
+from .._options import Flag
+from .._registry import register_method
 from ._base import LayerData, Method, first_principal_projection
 
 

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._options import Rule
+
 if TYPE_CHECKING:
-    from .._registry import Rule
     from .._scorer import Scorer
 
 
@@ -55,7 +56,7 @@ class Method:
     implement :meth:`weighted` (B, K, C, *S). Either gives ``eigen_smooth`` for free.
 
     ``options`` gives one rule per ``__init__`` option (``Real``, ``Count``, ``Flag``,
-    ``Choice``, ``Ranks`` from ``camlens._registry``); the registry checks what users
+    ``Choice``, ``Ranks`` from ``camlens._options``); the registry checks what users
     pass against them before building the method, so ``__init__`` only stores values.
     """
 

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._options import Choice, Count, Ranks, Real
 from .._postprocess import upsample
-from .._registry import Choice, Count, Ranks, Real, register_method
+from .._registry import register_method
 from ..targets import find_logits
 from ._base import LayerData, Method, minmax, spatial_mean
 

@@ -11,7 +11,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from .._registry import Flag, Real, register_method
+from .._options import Flag, Real
+from .._registry import register_method
 from ._base import LayerData, Method, first_principal_projection, safe_divide
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._options import Choice, Flag
 from .._postprocess import upsample
-from .._registry import Choice, Flag, register_method
+from .._registry import register_method
 from ._base import LayerData, Method
 from ._gradient import GradCAM
 

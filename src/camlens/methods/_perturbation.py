@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._options import Choice, Count, Flag, Real
 from .._postprocess import _MODES
-from .._registry import Choice, Count, Flag, Real, register_method
+from .._registry import register_method
 from ._base import LayerData, Method, minmax
 
 
