@@ -41,6 +41,7 @@ WHOLE_FILES = {"test_readme.py", "test_ray.py"}
 SHARED_FIXTURE = re.compile(r"scope=[\"'](module|package|session)[\"']")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without xdist (-p no:xdist) still runs
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getoption("dist") != "load":
         return None  # an explicit --dist mode is xdist's
