@@ -134,11 +134,12 @@ def test_modes_restored_when_switching_to_eval_raises():
 
 
 def test_a_refusing_method_does_not_stop_the_shared_pass():
-    # EfficientNet-style ReLU6 model: the guided methods refuse inside the shared pass,
-    # every other method of the pass still gives its maps.
+    # EfficientNet-B0-style SiLU model: the guided methods refuse inside the shared pass,
+    # every other method of the pass still gives its maps. (ReLU6 was the example until
+    # the guided methods learned it.)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3),
-                          nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3),
+                          nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(8, 5)).eval()
     x = torch.randn(2, 3, 16, 16)
     names = ["gradcam", "guided-gradcam", "layercam", "guided-backprop", "cam"]

@@ -148,7 +148,7 @@ def run_pass(
     if need_input_grads and grads is not None:
         input_grads = grads[-1].detach() * sign
     elif guided is not None:
-        input_grads = guided  # already of the negated score: guided ReLUs are not linear
+        input_grads = guided  # already of the negated score: guided activations are not linear
     scorer = None
     if any(m.needs_scorer for m in methods):
         scorer = Scorer(model, target, classes, eval_mode=eval_mode, batch_size=batch_size,
@@ -211,14 +211,13 @@ def run_pass(
 
 def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: bool,
                  eval_mode: bool, seed: int) -> PassResult:
-    """Guided backpropagation alone: one forward (guided ReLUs change only the backward,
+    """Guided backpropagation alone: one forward (guided activations change only the backward,
     so its output and the top classes are the plain model's) and one backward."""
     with ModelGuard(model, eval_mode):
         x = inputs.detach().requires_grad_(True)
         with GuidedReLUs() as mode, torch.enable_grad():
             output = model(x)
-            if mode.count == 0:
-                raise ValueError(_NO_RELU.format(type(model).__name__))
+            mode.check(model)
             target = bind_target(target, output)
             matched = getattr(target, "matched", None)
             classes, scores, single = _scores(target, output, inputs.shape[0])
@@ -230,24 +229,18 @@ def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: 
     return PassResult(_detach_output(output), ["input"], [data], classes, single, matched)
 
 
-_NO_RELU = (
-    "guided backpropagation needs ReLUs (nn.ReLU, F.relu or torch.relu) and {} ran none; "
-    "use a gradient method such as 'gradcam'"
-)
-
-
 def _detach_output(output: Any) -> Any:
     return output.detach() if isinstance(output, Tensor) else output
 
 
 def _guided_gradients(model: nn.Module, inputs: Tensor, target: Any,
                       classes: Tensor | None, counterfactual: bool = False) -> Tensor:
-    """d score / d input (B, K, C, *S) with every ReLU guided (a second, full pass)."""
+    """d score / d input (B, K, C, *S) with every ReLU, ReLU6, Hardtanh and LeakyReLU
+    guided (a second, full pass)."""
     x = inputs.detach().requires_grad_(True)
     with GuidedReLUs() as mode, torch.enable_grad():
         output = model(x)
-        if mode.count == 0:
-            raise ValueError(_NO_RELU.format(type(model).__name__))
+        mode.check(model)
         if classes is not None and hasattr(target, "scores"):
             scores = target.scores(output, classes)
         else:

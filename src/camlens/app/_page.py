@@ -141,6 +141,10 @@ button:disabled { opacity: .55; cursor: default; }
   color: var(--muted); }
 .methods label { display: flex; gap: 6px; align-items: baseline; font-size: 14px; }
 .methods .cost { color: var(--muted); font-size: 12px; margin-left: auto; text-align: right; }
+.methods label { flex-wrap: wrap; }
+.methods label.off > span:first-of-type { color: var(--muted); text-decoration: line-through; }
+.methods .why { flex-basis: 100%; color: var(--bad); font-size: 12px; margin: 0 0 4px 22px; }
+.methods .why:empty { display: none; }
 .run { position: sticky; top: 8px; }
 #estimate { color: var(--muted); font-size: 13px; margin: 6px 0; min-height: 1.2em; }
 #estimate.warn { color: var(--bad); }
@@ -300,15 +304,35 @@ async function start() {
     if (!items.length) continue;
     boxes.push(el("h4", { text: title }));
     for (const x of items) {
-      boxes.push(el("label", { title: x.description },
+      boxes.push(el("label", { title: x.description, "data-method": x.name },
         el("input", { type: "checkbox", name: "method", value: x.name, "data-kind": kind,
-                      checked: info.default_methods.includes(x.name),
+                      checked: !x.cannot && info.default_methods.includes(x.name),
                       onchange: scheduleEstimate }),
         el("span", { text: x.name }),
-        el("span", { class: "cost", id: `cost-${x.name}` })));
+        el("span", { class: "cost", id: `cost-${x.name}` }),
+        el("span", { class: "why", id: `why-${x.name}` })));
     }
   }
   $("methods").replaceChildren(...boxes);
+  markUnavailable();
+}
+
+// A method the model cannot run is not offered: its box is off and the reason is beside it.
+// The class-agnostic methods have no counterfactual, so they are off while it is asked for.
+// A method that cannot run at the auto layer (CAM without its head) keeps its box and says
+// why beside it: another layer may serve.
+function markUnavailable() {
+  const counter = $("counterfactual").checked;
+  for (const x of state.info.methods) {
+    const why = x.cannot ? `cannot apply to this model: ${x.cannot}`
+      : counter && !x.class_specific
+        ? "class-agnostic (the same map for every class): no counterfactual" : "";
+    const box = document.querySelector(`input[name="method"][value="${x.name}"]`);
+    if (why) box.checked = false;
+    box.disabled = Boolean(why);
+    box.closest("label").classList.toggle("off", Boolean(why));
+    $(`why-${x.name}`).textContent = why || x.note || "";
+  }
 }
 
 // ------------------------------------------------------------------ photos
@@ -486,10 +510,13 @@ function showResult(r) {
     (r.counterfactual ? " · counterfactual: what argues against it" : "");
   $("result-meta").textContent = `class ${t.class} · layer ${r.layers.join(", ") || "auto"} · ` +
     `${names.length} map(s) in ${r.seconds.toFixed(2)} s`;
+  const agnostic = (n) => !state.info.methods.find((x) => x.name === n).class_specific;
   const cards = r.methods.map((m) => el("figure", { class: "card", "data-method": m.name },
-    el("img", { "data-overlay": m.name, alt: `${m.name} map of ${t.name}` }),
+    el("img", { "data-overlay": m.name, alt: agnostic(m.name)
+      ? `${m.name} map (class-agnostic)` : `${m.name} map of ${t.name}` }),
     el("figcaption", {},
       el("span", { class: "name", text: m.name }), " ",
+      agnostic(m.name) ? el("span", { class: "box", text: "class-agnostic · " }) : null,
       el("span", { class: "box", text: m.empty
         ? `empty map: nothing argues ${r.counterfactual ? "against" : "for"} the class here`
         : `box ${JSON.stringify(m.box)} (map pixels of ${r.map_size[1]}×${r.map_size[0]})` }),
@@ -595,6 +622,7 @@ $("cancel").addEventListener("click", async () => {
   if (!state.job) return;
   try { await post(`/api/jobs/${state.job}/cancel`); } catch (err) { showError(err.message); }
 });
+$("counterfactual").addEventListener("change", markUnavailable);
 for (const id of ["layer", "counterfactual", "faithfulness"]) {
   $(id).addEventListener("change", scheduleEstimate);
 }

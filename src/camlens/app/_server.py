@@ -125,8 +125,8 @@ class App:
     # ----------------------------------------------------------------- what pages ask
     def new_session(self) -> dict[str, Any]:
         session = self.sessions.create()
-        methods = _work.method_choices()
-        names = {m["name"] for m in methods}
+        methods = _work.method_choices(self.model)
+        names = {m["name"] for m in methods if not m["cannot"]}
         return {
             "session": session.id,
             "model": self.model.info(),

@@ -17,7 +17,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from .._registry import available_methods, describe, method_class
 from .._validate import check_model
 from ..targets import find_logits
 from ..viz import ImageError, available_colormaps, compose_grid, load_image, overlay
+from ..viz._compose import panel_title
 from ._state import Job, Photo, Result
 
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # scikit-image's photos, as `camlens demo`
@@ -61,6 +62,10 @@ class Model:
     device: torch.device
     name: str
     layers: list[str]
+    # methods this model cannot run, and notes on those it cannot run at the auto layer,
+    # each with the reason (see ``_cannot``)
+    cannot: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def wrap(cls, model: Any, preprocess: Any, labels: Sequence[str] | None, name: str,
@@ -82,7 +87,8 @@ class Model:
             layers = [n for n, _ in engine.named_modules() if n]
         names = list(labels) if labels is not None else _default_labels(engine, preprocess,
                                                                          device)
-        return cls(engine, preprocess, names, device, name, layers)
+        return cls(engine, preprocess, names, device, name, layers,
+                   *_cannot(engine, preprocess, device))
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "classes": len(self.labels), "device": str(self.device),
@@ -100,15 +106,42 @@ def _default_labels(model: nn.Module, preprocess: Any, device: torch.device) -> 
     return default_labels(int(find_logits(output).shape[1]))
 
 
+def _cannot(model: nn.Module, preprocess: Any,
+            device: torch.device) -> tuple[dict[str, str], dict[str, str]]:
+    """What the page says beside a method before anyone picks it: ``cannot``, the methods
+    this model cannot run whatever the photo and layer (the guided methods, when it has no
+    ReLU-type activation to guide), and ``notes``, those that cannot run at the auto layer
+    (CAM without a GAP + linear head after it; another layer may serve), each with the
+    reason. A pass of guided backpropagation and one of CAM on a seeded random input
+    decide it."""
+    guided = [n for n in available_methods() if method_class(n).guided]
+    side = int(getattr(preprocess, "crop", 224))
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+    found: dict[str, str] = {}
+    for probe in (guided[0], "cam"):  # apart: a failure of one pass says nothing of the other
+        try:
+            value = compare(model, x, [probe], errors="keep")[probe]
+        except RuntimeError:  # the model fails on its own: the first run will say so
+            continue
+        if isinstance(value, Exception):
+            found[probe] = str(value)
+    cannot = dict.fromkeys(guided, found[guided[0]]) if guided[0] in found else {}
+    notes = {"cam": f"at the auto layer: {found['cam']}"} if "cam" in found else {}
+    return cannot, notes
+
+
 # ------------------------------------------------------------------ choices for the page
-def method_choices() -> list[dict[str, Any]]:
-    """Every registered method, with its description and whether it costs extra forwards."""
+def method_choices(model: Model) -> list[dict[str, Any]]:
+    """Every registered method, the best known first, with its description, whether it
+    costs extra forwards, why this model cannot run it (``cannot``: not offered) and why
+    it cannot run at the auto layer (``note``: offered, as another layer may serve)."""
     out = []
     for name in available_methods():
         cls = method_class(name)
         kind = "heavy" if cls.heavy else "forwards" if cls.needs_scorer else "pass"
         out.append({"name": name, "description": describe(name), "kind": kind,
-                    "class_specific": bool(cls.class_specific)})
+                    "class_specific": bool(cls.class_specific),
+                    "cannot": model.cannot.get(name), "note": model.notes.get(name)})
     return out
 
 
@@ -406,8 +439,7 @@ def overlay_png(result: Result, method: str, alpha: float, colormap: str,
 
 def title(result: Result, method: str) -> str:
     t = result.target
-    against = " (against)" if result.counterfactual else ""
-    return f"{method}{against}: {t['name']} {t['probability']:.1%}"
+    return panel_title(method, t["name"], t["probability"], counterfactual=result.counterfactual)
 
 
 def grid_png(result: Result, alpha: float, colormap: str, show_box: bool) -> bytes:

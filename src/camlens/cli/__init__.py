@@ -18,7 +18,10 @@ from ._explain import cmd_explain
 from ._labels import add_parser as _add_labels_parser
 
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+# six maps that differ on the bundled model, the source articles' guided pair included
+# (xgradcam, hirescam and cam equal gradcam there: its layer feeds GAP + one linear layer)
+DEMO_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "guided-gradcam",
+                "guided-backprop")
 EVAL_METHODS = "gradcam,gradcam++,layercam,hirescam,eigencam"
 
 __all__ = ["main"]

@@ -31,7 +31,7 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"
           b"MM\x00*", b"P3", b"P6", b"P5", b"P2")
 METHOD_GROUPS = {
     "all": "every method but the heavy ones (and those that cannot apply to the model)",
-    "heavy": "sscam, iscam, rise: thousands of forwards per image",
+    "heavy": "rise, sscam, iscam: thousands of forwards per image",
     "everything": "all and heavy",
 }
 

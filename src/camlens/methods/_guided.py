@@ -22,11 +22,17 @@ class GuidedBackprop(Method):
     """Guided backpropagation: the input gradient with ReLUs passing back only positive
     gradients where their input was positive.
 
-    Springenberg et al., ICLR workshop 2015, https://arxiv.org/abs/1412.6806.
-    Works for whole batches and for ``nn.ReLU`` modules and ``F.relu`` / ``torch.relu``
-    calls alike (the override lives only during the call). The map is ``max_c |g_c|`` at
-    the input resolution; ``channels=True`` returns the signed gradient per colour channel
-    (B, 3, H, W), the colour picture of the papers.
+    Springenberg et al., ICLR workshop 2015, https://arxiv.org/abs/1412.6806. Each
+    piecewise-linear activation passes back ``f'(x) * max(g, 0)``: ReLU ``(x > 0) g+``
+    (the paper's rule), ReLU6 / Hardtanh(lo, hi) ``(lo < x < hi) g+`` (nothing through a
+    clipped unit), LeakyReLU(a) ``g+`` for ``x > 0`` and ``a g+`` below (see
+    ``camlens._guided``). Modules (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh``,
+    ``nn.LeakyReLU``) and ``F.*`` / ``torch.*`` calls alike, in-place forms too (the
+    override lives only during the call); other operations keep their gradient. A model
+    with only smooth activations (SiLU, GELU, Hardswish) is refused: they have no linear
+    region to keep. The map is ``max_c |g_c|`` at the input resolution; ``channels=True``
+    returns the signed gradient per colour channel (B, 3, H, W), the colour picture of the
+    papers.
     """
 
     needs_gradients = False
@@ -48,7 +54,8 @@ class GuidedGradCAM(Method):
     """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map.
 
     ``G_guided * Up(ReLU(sum_k mean(dy/dA_k) A_k))`` (Selvaraju et al. 2017, sec. 3.1);
-    the Grad-CAM part uses ordinary gradients, the guided part guided ReLUs. The map is
+    the Grad-CAM part uses ordinary gradients, the guided part guided activations (ReLU,
+    ReLU6, Hardtanh, LeakyReLU: the rule of ``guided-backprop``). The map is
     ``max_c |.|`` per pixel; ``channels=True`` keeps the colour channels, as captum's
     ``GuidedGradCam`` returns them. ``Up`` is (bi/tri)linear (``interpolate="bilinear"``,
     the paper's, ``align_corners=False``); ``interpolate="nearest"`` repeats each cell of

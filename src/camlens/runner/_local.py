@@ -385,6 +385,7 @@ def _prepare(job: Job, batch: _Batch, b: int, index: int, rgb: np.ndarray) -> di
 def _render(job: Job, item: dict[str, Any]) -> dict[str, Any]:
     """Overlays, raw maps and the grid of one image, each written atomically; its summary."""
     from ..viz import atomic_write, compose_grid, compose_rows, overlay, save_image
+    from ..viz._compose import panel_title
 
     args, labels = job.args, job.labels
     i, rgb, probs, cls = item["index"], item["rgb"], item["probs"], item["classes"]
@@ -455,8 +456,10 @@ def _render(job: Job, item: dict[str, Any]) -> dict[str, Any]:
             records.append(record)
             if picture is not None:
                 rows[k][0].append(picture)
-            rows[k][1].append(_title(method, cls[k], labels, probs, args.counterfactual,
-                                     empty[k]))
+            rows[k][1].append(panel_title(
+                method, labels[cls[k]] if cls[k] is not None else None,
+                float(probs[cls[k]]) if cls[k] is not None and probs is not None else None,
+                counterfactual=args.counterfactual, empty=empty[k]))
         raw = (m[0] if m.shape[0] == 1 else m).astype(np.float32)
         entry["maps"][method] = {"targets": records}
         if "npy" in save:
@@ -478,16 +481,6 @@ def _render(job: Job, item: dict[str, Any]) -> dict[str, Any]:
                                 for k, (pics, titles) in enumerate(rows)]).save(path)
         entry["grids"].append(path.name)
     return entry
-
-
-def _title(method: str, cls: Any, labels: Sequence[str], probs: Any, counter: bool,
-           empty: bool = False) -> str:
-    mark = " (empty)" if empty else ""
-    if cls is None:
-        return method + mark
-    label = labels[cls]
-    p = f" {float(probs[cls]):.1%}" if probs is not None else ""
-    return f"{method}{' (against)' if counter else ''}: {label}{p}{mark}"
 
 
 def _row_title(k: int, cls: Any, labels: Sequence[str], probs: Any) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._registry import method_class
 from ._colormaps import blend
 from ._image import Picture, _pil, load_image
 
@@ -120,6 +121,32 @@ def overlay(
     out[y0:y1, x0:x1] = blend(rgb[y0:y1, x0:x1], _resized(t, (y1 - y0, x1 - x0)), alpha,
                               colormap)
     return Picture(out)
+
+
+def class_agnostic(method: str) -> bool:
+    """Whether ``method`` gives the same map whatever the class (Eigen-CAM, KPCA-CAM, FEM,
+    Random-CAM: ``class_specific = False`` in the registry); an unknown name is not."""
+    try:
+        return not method_class(method).class_specific
+    except (TypeError, ValueError):
+        return False
+
+
+def panel_title(method: str, label: str | None = None, probability: float | None = None,
+                *, counterfactual: bool = False, empty: bool = False) -> str:
+    """The label of a method's panel in a grid: what its map explains.
+
+    ``gradcam: tiger cat 37.9%`` (``probability`` in [0, 1]), ``gradcam (against): ...``
+    for a counterfactual map, ``eigencam: class-agnostic`` for a method whose map does not
+    depend on the class, the bare name without a class; `` (empty)`` marks an all-zero map.
+    """
+    mark = " (empty)" if empty else ""
+    if class_agnostic(method):
+        return f"{method}: class-agnostic{mark}"
+    if label is None:
+        return method + mark
+    p = f" {probability:.1%}" if probability is not None else ""
+    return f"{method}{' (against)' if counterfactual else ''}: {label}{p}{mark}"
 
 
 def _font(size: int) -> Any:
