@@ -34,8 +34,9 @@ def layer_calls(model: nn.Module, inputs: Tensor, layers: Layers) -> tuple[int, 
     layer's *last* call: a module that also runs early in the model (EfficientNet's one
     ``_swish`` serves the stem and the head) must not record the whole model for backward.
     ``None`` (unknown, use the first call) for a model with a module in training mode (a
-    probe would move BatchNorm statistics and draw dropout masks) and when the count
-    changed from one forward to the next.
+    probe would move BatchNorm statistics and draw dropout masks), when the probe fails
+    (a model that takes pairs of images) and when the count changed from one forward to
+    the next.
     """
     if not layers or any(m.training for m in model.modules()):
         return None
@@ -56,6 +57,8 @@ def layer_calls(model: nn.Module, inputs: Tensor, layers: Layers) -> tuple[int, 
                 handles.append(module.register_forward_hook(counter(i)))
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 model(inputs[:1])
+        except Exception:  # noqa: BLE001 (e.g. a model that needs pairs): the pass will say
+            counts = [0]
         finally:
             for handle in handles:
                 handle.remove()

@@ -16,6 +16,7 @@ from ._guard import ModelGuard
 from ._guided import GuidedReLUs
 from ._layers import Reshape, find_auto_layer, to_channels_first
 from ._scorer import Scorer
+from ._validate import check_input_size
 from .methods._base import LayerData, Method
 from .targets import bind_target
 
@@ -96,29 +97,35 @@ def run_pass(
     ):
         raise ValueError("fullgrad, finercam and smoothgradcam++ each need a pass of their own")
     with ModelGuard(model, eval_mode):
-        if own:
-            layers = own[0]
-        elif not need_layer:
-            layers = []
-        elif layers is None:
-            layers = [find_auto_layer(model, inputs)]
-        x = inputs.detach().requires_grad_(True) if need_input_grads else inputs
-        # with input gradients the whole forward is recorded anyway: no need to probe
-        last = None if need_input_grads or not need_grads else layer_calls(model, x, layers)
-        while True:
-            with ExitStack() as stack:
-                capture = stack.enter_context(LayerCapture(layers, grads=need_grads, last=last))
-                linears = stack.enter_context(LinearCapture(model)) if need_classifier else None
-                if need_hessian:  # fused attention kernels have no second derivative
-                    stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-                with torch.enable_grad() if need_input_grads else torch.no_grad():
-                    output = model(x)
-            if last is None or tuple(capture.calls) == last:
-                break
-            forget_calls(model, x, layers)  # the count depends on the data: not cached
-            if capture.complete:
-                break
-            last = None  # a layer ran fewer times than in the probe: again from its first call
+        try:
+            if own:
+                layers = own[0]
+            elif not need_layer:
+                layers = []
+            elif layers is None:
+                layers = [find_auto_layer(model, inputs)]
+            x = inputs.detach().requires_grad_(True) if need_input_grads else inputs
+            # with input gradients the whole forward is recorded anyway: no need to probe
+            last = None if need_input_grads or not need_grads else layer_calls(model, x, layers)
+            while True:
+                with ExitStack() as stack:
+                    capture = stack.enter_context(
+                        LayerCapture(layers, grads=need_grads, last=last))
+                    linears = (stack.enter_context(LinearCapture(model)) if need_classifier
+                               else None)
+                    if need_hessian:  # fused attention kernels have no second derivative
+                        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+                    with torch.enable_grad() if need_input_grads else torch.no_grad():
+                        output = model(x)
+                if last is None or tuple(capture.calls) == last:
+                    break
+                forget_calls(model, x, layers)  # the count depends on the data: not cached
+                if capture.complete:
+                    break
+                last = None  # a layer ran fewer times than probed: again from its first call
+        except RuntimeError as err:  # torch's padding or kernel-size error: say the size
+            check_input_size(model, inputs, err)
+            raise
         for (name, _), out in zip(layers, capture.outputs):
             if out is None:
                 raise ValueError(
@@ -226,7 +233,11 @@ def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: 
     with ModelGuard(model, eval_mode):
         x = inputs.detach().requires_grad_(True)
         with GuidedReLUs() as mode, torch.enable_grad():
-            output = model(x)
+            try:
+                output = model(x)
+            except RuntimeError as err:
+                check_input_size(model, inputs, err)
+                raise
             if mode.count == 0:
                 raise ValueError(_NO_RELU.format(type(model).__name__))
             target = bind_target(target, output)

@@ -17,7 +17,7 @@ from ._layers import LayerSpec, Reshape, resolve_layers
 from ._postprocess import fuse, upsample
 from ._postprocess import normalize as normalize_maps
 from ._registry import available_methods, create_method, method_class
-from ._validate import check_inputs, check_model, check_size
+from ._validate import InputTooSmallError, check_inputs, check_model, check_size
 from .methods._base import Method
 from .targets import TargetLike, as_target
 
@@ -444,7 +444,7 @@ def compare(
                 seed=seed,
             )
         except ValueError as err:  # this group's pass cannot run (e.g. no ReLU to guide)
-            if errors == "raise":
+            if errors == "raise" or isinstance(err, InputTooSmallError):  # the input's fault
                 raise
             failed.update({m.name: err for m in group})
             continue
