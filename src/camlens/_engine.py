@@ -11,11 +11,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._capture import LayerCapture, LinearCapture
+from ._capture import LayerCapture, LinearCapture, forget_calls, layer_calls
 from ._guard import ModelGuard
 from ._guided import GuidedReLUs
 from ._layers import Reshape, find_auto_layer, to_channels_first
 from ._scorer import Scorer
+from ._validate import check_input_size
 from .methods._base import LayerData, Method
 from .targets import bind_target
 
@@ -96,20 +97,35 @@ def run_pass(
     ):
         raise ValueError("fullgrad, finercam and smoothgradcam++ each need a pass of their own")
     with ModelGuard(model, eval_mode):
-        if own:
-            layers = own[0]
-        elif not need_layer:
-            layers = []
-        elif layers is None:
-            layers = [find_auto_layer(model, inputs)]
-        x = inputs.detach().requires_grad_(True) if need_input_grads else inputs
-        with ExitStack() as stack:
-            capture = stack.enter_context(LayerCapture(layers, grads=need_grads))
-            linears = stack.enter_context(LinearCapture(model)) if need_classifier else None
-            if need_hessian:  # fused attention kernels have no second derivative
-                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-            with torch.enable_grad() if need_input_grads else torch.no_grad():
-                output = model(x)
+        try:
+            if own:
+                layers = own[0]
+            elif not need_layer:
+                layers = []
+            elif layers is None:
+                layers = [find_auto_layer(model, inputs)]
+            x = inputs.detach().requires_grad_(True) if need_input_grads else inputs
+            # with input gradients the whole forward is recorded anyway: no need to probe
+            last = None if need_input_grads or not need_grads else layer_calls(model, x, layers)
+            while True:
+                with ExitStack() as stack:
+                    capture = stack.enter_context(
+                        LayerCapture(layers, grads=need_grads, last=last))
+                    linears = (stack.enter_context(LinearCapture(model)) if need_classifier
+                               else None)
+                    if need_hessian:  # fused attention kernels have no second derivative
+                        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+                    with torch.enable_grad() if need_input_grads else torch.no_grad():
+                        output = model(x)
+                if last is None or tuple(capture.calls) == last:
+                    break
+                forget_calls(model, x, layers)  # the count depends on the data: not cached
+                if capture.complete:
+                    break
+                last = None  # a layer ran fewer times than probed: again from its first call
+        except RuntimeError as err:  # torch's padding or kernel-size error: say the size
+            check_input_size(model, inputs, err)
+            raise
         for (name, _), out in zip(layers, capture.outputs):
             if out is None:
                 raise ValueError(
@@ -205,8 +221,9 @@ def run_pass(
                 layer_call=capture.calls[i] if srcs else 1,
             )
         )
-    return PassResult(output, [n for n, _ in layers] or ["input"], data, classes, single,
-                      matched, refused)
+    # detached: the graph from the layer to the output is not kept while the methods run
+    return PassResult(detach_output(output), [n for n, _ in layers] or ["input"], data,
+                      classes, single, matched, refused)
 
 
 def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: bool,
@@ -216,7 +233,11 @@ def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: 
     with ModelGuard(model, eval_mode):
         x = inputs.detach().requires_grad_(True)
         with GuidedReLUs() as mode, torch.enable_grad():
-            output = model(x)
+            try:
+                output = model(x)
+            except RuntimeError as err:
+                check_input_size(model, inputs, err)
+                raise
             mode.check(model)
             target = bind_target(target, output)
             matched = getattr(target, "matched", None)
@@ -226,11 +247,18 @@ def _guided_only(model: nn.Module, inputs: Tensor, target: Any, counterfactual: 
     data = LayerData(activations=inputs, gradients=None, num_targets=scores.shape[1],
                      classes=classes, counterfactual=counterfactual, inputs=inputs,
                      input_gradients=g.detach(), layer=("input", model), seed=seed)
-    return PassResult(_detach_output(output), ["input"], [data], classes, single, matched)
+    return PassResult(detach_output(output), ["input"], [data], classes, single, matched)
 
 
-def _detach_output(output: Any) -> Any:
-    return output.detach() if isinstance(output, Tensor) else output
+def detach_output(output: Any) -> Any:
+    """The model output without its graph (tensors in tuples, lists and dicts too)."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        return type(output)(detach_output(o) for o in output)
+    if isinstance(output, dict):
+        return {k: detach_output(v) for k, v in output.items()}
+    return output
 
 
 def _guided_gradients(model: nn.Module, inputs: Tensor, target: Any,
@@ -260,10 +288,16 @@ def _noisy_gradients(
     names = [n for n, _ in layers]
     per_sample: list[list[Tensor]] = []
     all_scores = []
+    last = layer_calls(model, inputs, layers)
     for _ in range(method.noise_samples):
         noise = torch.randn(inputs.shape[1:], generator=g).to(inputs) * method.noise_std
-        with LayerCapture(layers, grads=True) as capture, torch.no_grad():
+        with LayerCapture(layers, grads=True, last=last) as capture, torch.no_grad():
             output = model(inputs + noise)
+        if not capture.complete:  # a layer ran fewer times than in the probe
+            last = None
+            forget_calls(model, inputs, layers)
+            with LayerCapture(layers, grads=True) as capture, torch.no_grad():
+                output = model(inputs + noise)
         with torch.enable_grad():
             if classes is not None and hasattr(target, "scores"):
                 scores = target.scores(output, classes)

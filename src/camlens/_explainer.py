@@ -17,7 +17,7 @@ from ._layers import LayerSpec, Reshape, resolve_layers
 from ._postprocess import fuse, upsample
 from ._postprocess import normalize as normalize_maps
 from ._registry import available_methods, create_method, method_class
-from ._validate import check_inputs, check_model, check_size
+from ._validate import InputTooSmallError, check_inputs, check_model, check_size
 from .methods._base import Method
 from .targets import TargetLike, as_target
 
@@ -136,7 +136,7 @@ class Explainer:
             )
         result = self._pass(inputs, goal, counterfactual, self.seed)
         self.layer_names = result.layer_names
-        self.last_output = _detach(result.output)
+        self.last_output = result.output
         self.last_classes = result.classes
         smooth = self.aug_smooth or self.noise_smooth
         if not smooth:
@@ -331,16 +331,6 @@ def _finish_maps(
     return maps[:, 0] if single else maps
 
 
-def _detach(output: Any) -> Any:
-    if isinstance(output, Tensor):
-        return output.detach()
-    if isinstance(output, (tuple, list)):
-        return type(output)(_detach(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _detach(v) for k, v in output.items()}
-    return output
-
-
 def explain(
     model: nn.Module,
     inputs: Tensor,
@@ -454,12 +444,12 @@ def compare(
                 seed=seed,
             )
         except ValueError as err:  # this group's pass cannot run (e.g. no ReLU to guide)
-            if errors == "raise":
+            if errors == "raise" or isinstance(err, InputTooSmallError):  # the input's fault
                 raise
             failed.update({m.name: err for m in group})
             continue
         if out is None:
-            out = Comparison(_detach(result.output), result.classes, result.layer_names)
+            out = Comparison(result.output, result.classes, result.layer_names)
         for method in group:
             results[method.name] = (method, result)
     if out is None:  # no pass could run: every method failed

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._adapters import adapt
+from ._guard import ModelGuard
 
 
 def check_model(model: Any) -> nn.Module:
@@ -86,3 +87,68 @@ def check_size(size: Any) -> Any:
     raise ValueError(
         f"size must be 'input', None or a tuple of positive ints such as (224, 224), got {size!r}"
     )
+
+
+class InputTooSmallError(ValueError):
+    """The inputs are smaller than the model takes; ``smallest`` is the spatial size it
+    does take (each side grown to the smallest that runs)."""
+
+    def __init__(self, message: str, size: tuple[int, ...], smallest: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.size = size
+        self.smallest = smallest
+
+
+_LARGEST = 1 << 24  # values per image the search for a working size may try
+_REACH = 512  # the side it tries up to (or twice the input's largest side)
+
+
+def check_input_size(model: nn.Module, inputs: Tensor, err: Exception) -> None:
+    """Raise :class:`InputTooSmallError` from ``err`` (a forward's error) when the inputs
+    are too small for ``model``: zeros of their shape fail too, and zeros with every side
+    grown to some ``m`` (up to 512, or twice the largest side) run. ``m`` is found by
+    doubling, then bisection, with no-grad forwards of one image in eval mode (a few
+    milliseconds at such sizes); the model's modes and the random state are restored.
+    Otherwise return (``err`` is not about size: a wrong channel count, a bug).
+    """
+    size = tuple(int(s) for s in inputs.shape[2:])
+    if not size or isinstance(err, torch.OutOfMemoryError):
+        return
+    reach = max(_REACH, 2 * max(size))  # the largest side tried: a few forwards at most
+    shape = (1, inputs.shape[1])
+
+    def runs(side: int) -> bool:
+        grown = shape + tuple(max(s, side) for s in size)
+        try:
+            model(inputs.new_zeros(grown))
+        except Exception:  # noqa: BLE001 (any failure: this size does not run)
+            return False
+        return True
+
+    devices = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
+    with ModelGuard(model, eval_mode=True), torch.random.fork_rng(devices=devices), \
+            torch.no_grad():
+        low = min(size)
+        if runs(low):
+            return  # the same shape runs on zeros: the size is not the problem
+        high = low
+        while True:
+            high *= 2
+            if high > reach or inputs.shape[1] * max(high, *size) ** len(size) > _LARGEST:
+                return  # no size runs: not a question of size
+            if runs(high):
+                break
+            low = high
+        while high - low > 1:  # low fails, high runs
+            mid = (low + high) // 2
+            low, high = (low, mid) if runs(mid) else (mid, high)
+    smallest = tuple(max(s, high) for s in size)
+    name = type(getattr(model, "keras_model", model)).__name__
+    shown = "x".join(map(str, size))
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise InputTooSmallError(
+        f"inputs of {shown} are too small for {name}: it takes each side at least {high} "
+        f"({'x'.join(map(str, smallest))} here); resize or pad the images to that size "
+        f"(the model's error: {reason})",
+        size, smallest,
+    ) from err

@@ -45,6 +45,7 @@ from ..cli._common import (
     small_image_note,
 )
 from ._index import INDEX, RunFolderError, RunIndex
+from ._memory import BatchSizer, PeakMemory
 from ._threads import Helpers, Interrupted
 
 
@@ -72,6 +73,8 @@ class Job:
     message: Callable[[str], None] = say  # where notes go (a Ray actor collects them)
     plan_sink: Callable[..., None] = print_plan
     noted: dict[str, int] = field(default_factory=dict)
+    batch: int = 0  # images per batch: --batch-size bounded by memory (0: --batch-size)
+    map_bytes: int = 0  # the last batch's maps
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, kind: str, text: str) -> None:
@@ -232,8 +235,13 @@ def run_explain(args: argparse.Namespace) -> int:
 def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
     """Batches through the model; the next batch decodes (threads) while this one runs,
     and pictures are written by threads while the model runs the next."""
-    size = job.args.batch_size
-    chunks = [range(s, min(s + size, len(job.files))) for s in range(0, len(job.files), size)]
+    total = len(job.files)
+    # --batch-size bounded by memory: the first batch (of PROBE images) is measured
+    try:
+        sizer = BatchSizer(job.args.batch_size, total, job.device)
+    except ValueError as err:  # CAMLENS_MEMORY is not an amount
+        raise CliError(str(err)) from None
+    job.batch = size = sizer.size
     readers = Helpers(2, "camlens-decode")
     pool = Helpers(2, "camlens-write")
     pending: list[tuple[int, Future[dict[str, Any]]]] = []
@@ -245,12 +253,20 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
                                job.max_pixels, run) for i in chunk]
 
     try:
-        ahead = read(chunks[0]) if chunks else None
-        for n, chunk in enumerate(chunks):
-            assert ahead is not None
+        following = range(0, min(size, total))
+        ahead = read(following) if following else None
+        while ahead is not None:
+            chunk = following
             loaded = [item for task in ahead for item in readers.wait(task)]
-            ahead = read(chunks[n + 1]) if n + 1 < len(chunks) else None
-            pending += _explain_batch(job, loaded, run, pool)
+            following = range(chunk.stop, min(chunk.stop + size, total))
+            ahead = read(following) if following else None
+            with PeakMemory(job.device, active=sizer.probing) as peak:
+                pending += _explain_batch(job, loaded, run, pool)
+            if sizer.probing:
+                sizer.measured(peak.peak, loaded, job.map_bytes)
+                if sizer.message:
+                    job.message(sizer.message)
+                job.batch = size = sizer.size
             while len(pending) > 4 * size:  # bound the pictures held in memory
                 _collect_result(job, pending.pop(0), run, pool)
             while pending and pending[0][1].done():
@@ -328,8 +344,8 @@ def _explain_batch(
     try:
         result = compare(job.model, x, methods, job.layer, job.target,
                          counterfactual=job.args.counterfactual, errors="keep",
-                         batch_size=max(job.args.batch_size, 32), progress=job.show, plan=plan,
-                         options=job.methods.options_for(methods))
+                         batch_size=max(job.batch or job.args.batch_size, 32),
+                         progress=job.show, plan=plan, options=job.methods.options_for(methods))
     except ValueError as err:  # the pass itself failed (e.g. NaN scores): this batch only
         for i, _, _ in loaded:
             run.fail(job.files[i][1], str(err))
@@ -339,6 +355,7 @@ def _explain_batch(
     batch = _Batch(probabilities(result.output),
                    {k: v.cpu() for k, v in result.items() if not isinstance(v, Exception)},
                    result.classes)
+    job.map_bytes = sum(m.nelement() * m.element_size() for m in batch.maps.values())
     # each image's maps are taken apart and drawn by a writer thread, so the model can start
     # the next batch at once (the work moved off this thread is ~10 % of a batch's time)
     return [(i, pool.submit(_prepare_and_render, job, batch, b, i, rgb))
