@@ -125,7 +125,9 @@ class KerasModel(nn.Module):
         On its torch backend Keras copies a channels-last input to channels-first memory
         before each convolution and back to channels-last for the kernel (then permutes the
         output back), and copies before each pooling: two copies of the activations per
-        convolution, 47 % of EfficientNet-Lite0's forward in a profile. The same memory seen
+        convolution, 47 % of the CPU time of EfficientNet-Lite0's Grad-CAM in a profile
+        (camlens's Grad-CAM 1.3x the PyTorch model's instead of 2.0x, batch 8, measured by
+        ``bench/bench_keras.py`` on a shared 2-core machine). The same memory seen
         through ``movedim(-1, 1)`` already is a channels-first tensor in torch's
         channels-last format; these layers get it with ``data_format="channels_first"``
         during their call (their output is moved back), which computes the same values.
