@@ -10,6 +10,7 @@ process of its own (this script re-run with ``--backend``); one plain run does a
     python bench/bench_keras.py                  # full run: batch 8, 224 x 224, 5 timed rounds
     python bench/bench_keras.py --quick          # smoke run: batch 2, 64 x 64, 2 timed rounds
     python bench/bench_keras.py --backend torch  # one backend only (sections 1 and 3)
+    python bench/bench_keras.py --skip-vgg       # section 3 only (--skip-lite0: 1 and 2)
     python bench/bench_keras.py --json out.json  # also write the results as JSON
 
 Sections (per backend process):
@@ -19,7 +20,9 @@ Sections (per backend process):
 2. tensorflow backend, VGG16: camlens against a hand-written ``tf.function`` +
    ``GradientTape`` Grad-CAM (goal <= 1.20x) and tf-keras-vis's ``Gradcam``;
 3. both backends: the Keras EfficientNet-Lite0 (``camlens._keras_models``, the bundled
-   PyTorch weights copied in) against the PyTorch one, forward and camlens Grad-CAM.
+   PyTorch weights copied in) against the PyTorch one, forward and camlens Grad-CAM; on
+   torch also camlens's Grad-CAM with Keras's own layout copies (the adapter's
+   ``native_layout`` switched off: what it saves, side by side).
 
 The first call of every row is an untimed warm-up that gives the maps compared (camlens
 must equal the bare limit within 1e-4, else the exit status is 1); then the timed calls
@@ -496,22 +499,35 @@ def section_lite0(args: argparse.Namespace, out: dict[str, Any], backend: str) -
     pt_fwd, pt_cam = "PyTorch Lite0 forward", "PyTorch Lite0 camlens gradcam (layer auto)"
     k_fwd = f"Keras Lite0 ({backend}) forward"
     k_cam = f"Keras Lite0 ({backend}) camlens gradcam ({LAST_CONV_LAYER})"
+    k_copies = f"Keras Lite0 ({backend}) camlens gradcam, Keras's layout copies"
+
+    def keras_cam() -> Any:
+        return camlens.explain(keras_model, x, method="gradcam", layer=LAST_CONV_LAYER)
+
     fns = {
         pt_fwd: torch_forward,
         k_fwd: keras_forward,
         pt_cam: lambda: camlens.explain(torch_model, x_torch, method="gradcam"),
-        k_cam: lambda: camlens.explain(keras_model, x, method="gradcam", layer=LAST_CONV_LAYER),
+        k_cam: keras_cam,
     }
-    short = {pt_fwd: "pt-fwd", k_fwd: "keras-fwd", pt_cam: "pt-cam", k_cam: "keras-cam"}
+    short = {pt_fwd: "pt-fwd", k_fwd: "keras-fwd", pt_cam: "pt-cam", k_cam: "keras-cam",
+             k_copies: "keras-cam-copies"}
+    pairs = [(pt_fwd, pt_fwd), (k_fwd, pt_fwd), (pt_cam, pt_cam), (k_cam, pt_cam)]
+    if backend == "torch":  # the adapter without its channels-first calls, as before
+        fns[k_copies] = lambda: with_keras_layout(keras_cam)
+        pairs.append((k_copies, pt_cam))
     first, times = run_rounds(fns, args.warmup, args.repeats, short)
     rows = summarise(times)
     checks = [
         check("Keras vs PyTorch logits", max_diff(first[k_fwd], first[pt_fwd]), False),
         check("Keras vs PyTorch Grad-CAM maps", max_diff(first[k_cam], first[pt_cam]), False),
     ]
+    if k_copies in first:
+        checks.append(check("Keras Grad-CAM with and without the layout copies",
+                             max_diff(first[k_cam], first[k_copies]), True))
     print("\n| row | median s/batch | Keras / PyTorch | min .. max s |")
     print("|---|---:|---:|---:|")
-    for n, ref in ((pt_fwd, pt_fwd), (k_fwd, pt_fwd), (pt_cam, pt_cam), (k_cam, pt_cam)):
+    for n, ref in pairs:
         r = rows[n]
         print(f"| {n} | {r['median_s']:.4f} | {r['median_s'] / rows[ref]['median_s']:.2f}x "
               f"| {r['min_s']:.4f} .. {r['max_s']:.4f} |")
@@ -519,8 +535,30 @@ def section_lite0(args: argparse.Namespace, out: dict[str, Any], backend: str) -
     print_checks(checks)
     print(f"load average at end: {load()}\n", flush=True)
     out["lite0"] = {"rows": rows, "checks": checks, "keras_backend": keras.backend.backend(),
+                    "pairs": pairs,
                     "forward_ratio": rows[k_fwd]["median_s"] / rows[pt_fwd]["median_s"],
                     "gradcam_ratio": rows[k_cam]["median_s"] / rows[pt_cam]["median_s"]}
+    if k_copies in rows:
+        out["lite0"]["gradcam_ratio_with_copies"] = (rows[k_copies]["median_s"]
+                                                     / rows[pt_cam]["median_s"])
+    if args.profile == "always":
+        profile_call("camlens gradcam, Keras Lite0", keras_cam)
+
+
+def with_keras_layout(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with the Keras adapter calling convolutions and pooling in Keras's own way
+    (a copy of the activations to channels-first memory and back per layer): the cost the
+    adapter's ``native_layout`` saves, measured side by side."""
+    from contextlib import nullcontext
+
+    from camlens._adapters._keras import KerasModel
+
+    saved = KerasModel.native_layout
+    KerasModel.native_layout = lambda self: nullcontext()  # type: ignore[method-assign]
+    try:
+        return fn()
+    finally:
+        KerasModel.native_layout = saved  # type: ignore[method-assign]
 
 
 # ----------------------------------------------------------------------------- processes
@@ -548,7 +586,9 @@ def child(args: argparse.Namespace) -> int:
     print(f"# backend process: Keras {keras.__version__} on {args.backend}, torch threads "
           f"{torch.get_num_threads()}, pid {os.getpid()}\n", flush=True)
     out: dict[str, Any] = {"backend": args.backend}
-    if args.backend == "torch":
+    if args.skip_vgg:
+        pass
+    elif args.backend == "torch":
         section_vgg_torch(args, out)
     else:
         section_vgg_tf(args, out)
@@ -583,9 +623,7 @@ def summary(results: dict[str, Any]) -> bool:
         if "skipped" in lite:
             print(f"| {backend} | Lite0 | {lite['skipped']} | | | |")
         rows = lite.get("rows", {})
-        names = list(rows)
-        for i, n in enumerate(names):
-            ref_n = names[i - 1] if i % 2 else n  # rows come as (PyTorch, Keras) pairs
+        for n, ref_n in lite.get("pairs", []):  # each row over its PyTorch row
             r = rows[n]
             print(f"| {backend} | Lite0 | {n} | {r['median_s']:.3f} "
                   f"| {r['median_s'] / rows[ref_n]['median_s']:.2f}x | PyTorch Lite0 |")
@@ -627,6 +665,7 @@ def parent(args: argparse.Namespace) -> int:
                    "--repeats", str(args.repeats), "--warmup", str(args.warmup),
                    "--threads", str(args.threads), "--seed", str(args.seed),
                    "--profile", args.profile] + (["--skip-lite0"] if args.skip_lite0 else [])
+            cmd += ["--skip-vgg"] if args.skip_vgg else []
             env = dict(os.environ, KERAS_BACKEND=backend)
             env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             t0 = time.perf_counter()
@@ -661,6 +700,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: batch 2, 64 x 64, 2 rounds")
     p.add_argument("--backend", choices=["all", "torch", "tensorflow"], default="all")
     p.add_argument("--skip-lite0", action="store_true", help="leave out section 3")
+    p.add_argument("--skip-vgg", action="store_true", help="leave out sections 1 and 2")
     p.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                    help="cProfile one camlens call (auto: when a VGG16 goal is not met)")
     p.add_argument("--json", help="write the results to this JSON file")

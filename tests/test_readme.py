@@ -171,6 +171,12 @@ def check_keras(ns: dict[str, Any], folder: Path) -> None:
     import camlens
 
     assert tuple(ns["photo"].shape) == (1, 224, 224, 3)  # channels-last
+    # the preprocess returned with the Keras model gives its input: the PyTorch model's
+    # pixels, moved channels-last, and the Keras call's logits are the PyTorch model's
+    assert torch.equal(ns["photo"], ns["images"].permute(0, 2, 3, 1))
+    with torch.no_grad():
+        want = ns["model"](ns["images"])
+    assert float((ns["logits"].detach() - want).abs().max()) < 1e-4
     for name, maps in ns["kmaps"].items():
         assert tuple(maps.shape) == (1, 224, 224), name
         _nonzero(name, maps)

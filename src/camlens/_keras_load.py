@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def load_keras(spec: str, weights: Any, trust: bool) -> tuple[Any, Any]:
         from ._keras_models import efficientnet_lite0_keras
 
         torch_model = load_model(DEFAULT_MODEL, weights)[0] if weights is not None else None
-        return efficientnet_lite0_keras(torch_model), LITE_PREPROCESS
+        return efficientnet_lite0_keras(torch_model), replace(LITE_PREPROCESS, channels_last=True)
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"model file {path} does not exist")
@@ -64,7 +65,21 @@ def load_keras(spec: str, weights: Any, trust: bool) -> tuple[Any, Any]:
     crop = 224
     if shape and len(shape) == 4 and shape[1] is not None and shape[1] == shape[2]:
         crop = int(shape[1])
-    return model, preprocessing("raw", crop)
+    channels_last = keras.config.image_data_format() == "channels_last"
+    return model, preprocessing("raw", crop, channels_last=channels_last)
+
+
+def pixels_note(spec: str, preprocess: Any) -> str:
+    """The one-line note for a Keras file loaded without a pixel convention: a saved model
+    does not say what its inputs were, so it gets 0..255 RGB, and the user can say so."""
+    name = Path(spec).name
+    return (
+        f"{name} gets raw 0..255 RGB pixels ({preprocess.crop} x {preprocess.crop}): a "
+        "Keras file does not record its preprocessing. If the model was trained otherwise, "
+        "pass --preprocess (preprocess=): caffe for keras.applications VGG16 and ResNet50, "
+        "tf (-1..1) for MobileNet, unit (0..1) or imagenet; --preprocess raw keeps 0..255 "
+        "without this note"
+    )
 
 
 def _load_error(path: Path, err: Exception) -> ValueError:

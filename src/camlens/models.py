@@ -8,6 +8,7 @@ Nothing is downloaded: weights come from installed packages, local files or loca
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import warnings
 import zipfile
@@ -25,6 +26,7 @@ from torch import nn
 
 from ._errors import unknown_choice
 
+logger = logging.getLogger("camlens")
 DEFAULT_MODEL = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,8 +60,17 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     bgr: bool = False  # channels in B, G, R order (Caffe-style models such as Keras's VGG16)
+    channels_last: bool = False  # (crop, crop, 3), the layout Keras models take
 
     def __call__(self, image: Any) -> torch.Tensor:
+        """The model's input for ``image``: (3, crop, crop), or (crop, crop, 3) when
+        ``channels_last`` (the Keras models ``load_model`` returns: ``model(x[None])``)."""
+        x = self.channels_first(image)
+        return x.permute(1, 2, 0).contiguous() if self.channels_last else x
+
+    def channels_first(self, image: Any) -> torch.Tensor:
+        """The model's input as (3, crop, crop) whatever ``channels_last`` says: the layout
+        camlens's engine takes for every model, Keras ones included."""
         x = self._cropped(image)
         if self.bgr:
             x = x.flip(0)
@@ -105,6 +116,13 @@ class Preprocess:
         )
 
 
+def engine_input(preprocess: Any, image: Any) -> torch.Tensor:
+    """``preprocess(image)`` as camlens's engine takes it for every model: channels-first
+    (3, H, W), whichever layout the preprocess gives its own model."""
+    first = getattr(preprocess, "channels_first", None)
+    return first(image) if callable(first) else preprocess(image)
+
+
 # EfficientNet-Lite was trained in TensorFlow with inputs scaled as (x - 127) / 128.
 LITE_PREPROCESS = Preprocess(256, 224, (127 / 255,) * 3, (128 / 255,) * 3)
 
@@ -121,12 +139,15 @@ PREPROCESSING = {
 }
 
 
-def preprocessing(name: str, crop: int = 224, resize: int | None = None) -> Preprocess:
-    """A :class:`Preprocess` by convention name (see ``PREPROCESSING``)."""
+def preprocessing(name: str, crop: int = 224, resize: int | None = None, *,
+                  channels_last: bool = False) -> Preprocess:
+    """A :class:`Preprocess` by convention name (see ``PREPROCESSING``); ``channels_last``
+    gives (crop, crop, 3) inputs, as Keras models take them."""
     if name not in PREPROCESSING:
         raise unknown_choice("preprocessing", name, PREPROCESSING)
     mean, std, bgr = PREPROCESSING[name]
-    return Preprocess(resize or round(crop * 256 / 224), crop, mean, std, bgr)  # type: ignore[arg-type]
+    return Preprocess(resize or round(crop * 256 / 224), crop, mean, std, bgr,  # type: ignore[arg-type]
+                      channels_last)
 
 
 def available_models() -> list[tuple[str, str]]:
@@ -168,7 +189,7 @@ def load_model(
     if not isinstance(spec, str) or not spec:
         raise TypeError("spec must be a model name such as 'efficientnet-lite0' or a file path")
     if spec.startswith("keras:") or spec.lower().endswith((".keras", ".h5", ".hdf5")):
-        from ._keras_load import load_keras
+        from ._keras_load import load_keras, pixels_note
 
         if weights is not None and not spec.startswith("keras:"):
             raise ValueError(
@@ -176,7 +197,9 @@ def load_model(
             )
         model, pre = load_keras(spec, weights, trust)
         if preprocess is not None:
-            pre = preprocessing(preprocess, pre.crop)
+            pre = preprocessing(preprocess, pre.crop, channels_last=pre.channels_last)
+        elif not spec.startswith("keras:"):
+            logger.warning(pixels_note(spec, pre))
         num = _keras_classes(model)
         names = list(labels) if labels is not None else default_labels(num or 0)
         if num is not None and len(names) != num:

@@ -35,6 +35,10 @@ from .._errors import unknown_choice
 Hook = Callable[[Any, tuple[Any, ...], Tensor], Tensor | None]
 
 _AUTO: dict[int, tuple[weakref.ref[Any], dict[tuple[Any, ...], str]]] = {}
+# Keras layers that layer="auto" passes over at the end of the spatial part: they only pool
+# or drop what the last convolution gave (MaxPooling2D, AveragePooling2D, SpatialDropout2D)
+_AFTER_CONV = ("Pooling1D", "Pooling2D", "Pooling3D", "Dropout", "Dropout1D", "Dropout2D",
+               "Dropout3D")
 
 
 def keras_adapter(model: Any) -> KerasModel:
@@ -94,12 +98,13 @@ class KerasModel(nn.Module):
 
         self.channels_last = keras.config.image_data_format() == "channels_last"
         self._paths: dict[str, Any] | None = None
+        self._layout: list[Any] | None = None
         shape = _input_shape(model)
         self.input_spec_shape: tuple[int | None, ...] | None = shape
 
     # -- calling ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Any:
-        with self.logits():
+        with self.logits(), self.native_layout():
             return self.keras_model(self._to_keras(x), training=False)
 
     def _to_keras(self, x: Tensor) -> Any:
@@ -112,6 +117,36 @@ class KerasModel(nn.Module):
             for layer in _softmax_layers(self.keras_model):
                 stack.enter_context(_linear_activation(layer))
             yield
+
+    @contextmanager
+    def native_layout(self) -> Iterator[None]:
+        """Convolutions and pooling run on torch's layout during the block, without copies.
+
+        On its torch backend Keras copies a channels-last input to channels-first memory
+        before each convolution and back to channels-last for the kernel (then permutes the
+        output back), and copies before each pooling: two copies of the activations per
+        convolution, 47 % of the CPU time of EfficientNet-Lite0's Grad-CAM in a profile
+        (camlens's Grad-CAM 1.3x the PyTorch model's instead of 2.0x, batch 8, measured by
+        ``bench/bench_keras.py`` on a shared 2-core machine). The same memory seen
+        through ``movedim(-1, 1)`` already is a channels-first tensor in torch's
+        channels-last format; these layers get it with ``data_format="channels_first"``
+        during their call (their output is moved back), which computes the same values.
+        Each layer's ``call`` and ``data_format`` are restored after the block, also on
+        error.
+        """
+        with ExitStack() as stack:
+            for layer in self._layout_layers():
+                stack.enter_context(swapped_call(layer, _channels_first_call(layer)))
+            yield
+
+    def _layout_layers(self) -> list[Any]:
+        if self._layout is None:
+            self._layout = [
+                layer for layer in self.layer_paths().values()
+                if type(layer).__name__ in _LAYOUT_LAYERS
+                and getattr(layer, "data_format", None) == "channels_last"
+            ]
+        return self._layout
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:  # type: ignore[override]
         for v in self.keras_model.weights:
@@ -233,7 +268,8 @@ class KerasModel(nn.Module):
 
     def auto_layer(self, inputs: Tensor) -> tuple[str, Any]:
         """The last layer (not a nested model) whose output keeps a spatial size above 1,
-        found by one probe forward of one input (cached per model and input shape)."""
+        passing over pooling and dropout layers after the last convolution, found by one
+        probe forward of one input (cached per model and input shape)."""
         key = (tuple(inputs.shape[1:]), inputs.dtype)
         entry = _AUTO.get(id(self.keras_model))
         if entry is None or entry[0]() is not self.keras_model:
@@ -281,6 +317,11 @@ class KerasModel(nn.Module):
                 f"layer='auto' found no layer of the Keras model {self.keras_model.name!r} "
                 "whose output keeps a spatial size above 1 x 1; pass layer='name'"
             )
+        # the last convolution's output, not a pooling (or dropout) layer after it: VGG16's
+        # block5_conv3 (14 x 14), the Grad-CAM paper's layer, rather than block5_pool
+        paths = self.layer_paths()
+        while len(spatial) > 1 and type(paths[spatial[-1]]).__name__.endswith(_AFTER_CONV):
+            spatial.pop()
         return spatial[-1]
 
     # -- FullGrad's biases, the sanity check's copies --------------------------------------
@@ -497,6 +538,31 @@ def _linear_activation(layer: Any) -> Iterator[None]:
 
 def _identity(inputs: Any, *args: Any, **kwargs: Any) -> Any:
     return inputs
+
+
+# Keras layers whose torch-backend call copies channels-last inputs to another layout, and
+# computes the same on a channels-first view with data_format="channels_first"
+_LAYOUT_LAYERS = frozenset(
+    f"{kind}{rank}D" for rank in (1, 2, 3)
+    for kind in ("Conv", "MaxPooling", "AveragePooling")
+) | {"DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"}
+
+
+def _channels_first_call(layer: Any) -> Callable[..., Any]:
+    """A ``call`` wrapper: the layer's own call, channels-first on a view of its input."""
+    rank = int(type(layer).__name__[-2])
+
+    def wrapper(original: Callable[..., Any], inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(inputs, Tensor) or inputs.ndim != rank + 2:
+            return original(inputs, *args, **kwargs)
+        layer.data_format = "channels_first"
+        try:
+            out = original(inputs.movedim(-1, 1), *args, **kwargs)
+        finally:
+            layer.data_format = "channels_last"
+        return out.movedim(1, -1)
+
+    return wrapper
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from .._guard import ModelGuard
 from .._layers import resolve_layers
 from .._registry import available_methods, describe, method_class
 from .._validate import check_model
+from ..models import engine_input
 from ..targets import find_logits
 from ..viz import ImageError, available_colormaps, compose_grid, load_image, overlay
 from ..viz._compose import panel_title
@@ -214,7 +215,7 @@ def make_photo(model: Model, rgb: np.ndarray, name: str) -> Photo:
     from PIL import Image
 
     h, w = rgb.shape[:2]
-    x = model.preprocess(rgb)
+    x = engine_input(model.preprocess, rgb)  # channels-first, as the engine's model takes it
     x0, y0, x1, y1 = model.preprocess.crop_box(h, w)
     side = max(min(CROP_SIDE, max(x1 - x0, y1 - y0)), int(x.shape[-1]))
     crop = np.asarray(Image.fromarray(rgb[y0:y1, x0:x1]).resize((side, side), Image.BILINEAR))

@@ -12,7 +12,14 @@ from .._registry import available_methods, describe, method_class
 from ..models import DEFAULT_MODEL, available_models
 from ._app import add_parser as _add_app_parser
 from ._audit import add_parser as _add_audit_parser
-from ._common import METHOD_GROUPS, CliError, model_options, output_folder, positive
+from ._common import (
+    METHOD_GROUPS,
+    CliError,
+    library_notes,
+    model_options,
+    output_folder,
+    positive,
+)
 from ._evaluate import EVAL_METRICS, QUICK_METRICS, cmd_evaluate
 from ._explain import cmd_explain
 from ._labels import add_parser as _add_labels_parser
@@ -34,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    library_notes()
     try:
         return int(args.func(args))
     except CliError as err:

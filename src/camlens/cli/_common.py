@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import re
 import stat
@@ -22,7 +23,7 @@ from .._errors import closest, unknown_choice
 from .._layers import resolve_layers
 from .._registry import available_methods, create_method, method_class
 from .._validate import check_model
-from ..models import PREPROCESSING, load_model
+from ..models import PREPROCESSING, engine_input, load_model
 from ..targets import TopK
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -59,6 +60,19 @@ def say(text: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"camlens: {text}", file=sys.stderr)
+
+
+class _SayHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        say(record.getMessage())
+
+
+def library_notes() -> None:
+    """The library's warnings (logger ``camlens``, e.g. the pixels a Keras file is fed)
+    printed as the command line's own lines, once each."""
+    logger = logging.getLogger("camlens")
+    if not any(isinstance(h, _SayHandler) for h in logger.handlers):
+        logger.addHandler(_SayHandler(logging.WARNING))
 
 
 def positive(text: str) -> int:
@@ -260,7 +274,7 @@ def decode(files: Sequence[tuple[Path, str, str]], chunk: range, preprocess: Any
         path, shown, _ = files[i]
         try:
             rgb = load_image(path, max_pixels=max_pixels)
-            loaded.append((i, rgb, preprocess(rgb)))
+            loaded.append((i, rgb, engine_input(preprocess, rgb)))
         except ImageError as err:
             run.fail(shown, str(err).removeprefix(f"{path}: "), retry=True)
         except (OSError, ValueError) as err:
