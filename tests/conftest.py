@@ -37,7 +37,7 @@ FAST = {
 # and the Ray tests (one cluster of 2 CPUs). The other files' tests go one by one to
 # whichever worker is free. (xdist's own xdist_group marks do not reach its scheduler under
 # pytest 9.2, which keeps node ids elsewhere.)
-WHOLE_FILES = {"test_readme.py", "test_ray.py"}
+WHOLE_FILES = {"test_readme.py", "test_docs.py", "test_ray.py"}
 SHARED_FIXTURE = re.compile(r"scope=[\"'](module|package|session)[\"']")
 
 

@@ -1,4 +1,5 @@
-"""Every example in README.md runs as written.
+"""Every example in README.md runs as written (and the machinery that tests/test_docs.py
+uses for the pages under docs/).
 
 The README's examples assume a folder holding ``cat.jpg`` and a folder ``photos/``; here
 that is one temporary folder with scikit-image's ``chelsea`` as ``cat.jpg``, ``photos/``
@@ -11,6 +12,7 @@ holding ``chelsea.jpg`` and ``coffee.png``, and the ``boxes.json`` that ``camlen
 promises. The first bash block (``make demo``, ``make test``) is the setup that builds the
 environment these tests run in: it is not run here. Nothing is downloaded
 (``HF_HUB_OFFLINE=1``). Each test is named after its block's or command's first line.
+Every relative link of the README leads to a file (and heading) that exists.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import numpy as np
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 
 
@@ -45,7 +48,7 @@ class Block:
         return next((s.strip() for s in self.code.splitlines() if s.strip()), "")
 
 
-def fenced_blocks(text: str) -> list[Block]:
+def fenced_blocks(text: str, name: str = "README.md") -> list[Block]:
     """The fenced code blocks of a markdown text, in order (unterminated: an error)."""
     blocks: list[Block] = []
     language: str | None = None
@@ -61,13 +64,38 @@ def fenced_blocks(text: str) -> list[Block]:
         else:
             lines.append(line)
     if language is not None:
-        raise ValueError(f"README.md: the code block opened on line {start - 1} is not closed")
+        raise ValueError(f"{name}: the code block opened on line {start - 1} is not closed")
     return blocks
 
 
-BLOCKS = fenced_blocks(README.read_text(encoding="utf-8"))
-PYTHON = [b for b in BLOCKS if b.language == "python"]
-BASH = [b for b in BLOCKS if b.language in ("bash", "sh", "shell", "console")]
+@dataclass(frozen=True)
+class Page:
+    """A markdown page's code blocks: the Python ones, the shell ones."""
+
+    path: Path
+    blocks: tuple[Block, ...]
+
+    @classmethod
+    def read(cls, path: Path) -> Page:
+        return cls(path, tuple(fenced_blocks(path.read_text(encoding="utf-8"), path.name)))
+
+    @property
+    def name(self) -> str:
+        return self.path.relative_to(ROOT).as_posix()
+
+    @property
+    def python(self) -> list[Block]:
+        return [b for b in self.blocks if b.language == "python"]
+
+    @property
+    def bash(self) -> list[Block]:
+        return [b for b in self.blocks if b.language in ("bash", "sh", "shell", "console")]
+
+
+PAGE = Page.read(README)
+BLOCKS = list(PAGE.blocks)
+PYTHON = PAGE.python
+BASH = PAGE.bash
 
 
 def commands(block: Block) -> list[tuple[int, str]]:
@@ -94,6 +122,7 @@ def test_readme_has_examples_and_one_setup_block():
     assert PYTHON and CLI
     setup = [b for b in BASH if is_setup(b)]
     assert len(setup) == 1 and BLOCKS[0] == setup[0], "the setup block opens the README"
+    assert [c.split()[:2] for _, c in commands(setup[0])] == [["make", "demo"], ["make", "test"]]
     assert all(cmd.startswith("camlens ") for _, cmd in CLI), [c for _, c in CLI]
     # ```text blocks show what a command prints (not run): nothing else may hide there
     other = {b.language for b in BLOCKS} - {"python", "bash", "text"}
@@ -105,13 +134,11 @@ def test_readme_has_examples_and_one_setup_block():
 # ------------------------------------------------------------------ the folder
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_folder(root: Path) -> Path:
     """cat.jpg, photos/ (two photos) and boxes.json, as the README assumes."""
     from PIL import Image
     from skimage import data
 
-    root = tmp_path_factory.mktemp("readme")
     Image.fromarray(data.chelsea()).save(root / "cat.jpg")
     (root / "photos").mkdir()
     Image.fromarray(data.chelsea()).save(root / "photos" / "chelsea.jpg")
@@ -119,6 +146,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # chelsea is 451 x 300; the cat's head and body, in the photo's pixels
     (root / "boxes.json").write_text(json.dumps({"cat.jpg": [[60, 10, 400, 300]]}))
     return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("readme"))
 
 
 @pytest.fixture(autouse=True)
@@ -225,28 +257,40 @@ def check_audit(ns: dict[str, Any], folder: Path) -> None:
 
 AUDIT_FILES = "import json"  # the block writing the audit's photos and boxes
 
-CHECKS: dict[str, Callable[[dict[str, Any], Path], None]] = {
-    "import camlens": check_intro,
-    "audited = camlens.audit([audit_photos], \"audit/\", model=model, preprocess=preprocess,":
+# (page, first line of a Python block): what to check after it ran
+CHECKS: dict[tuple[str, str], Callable[[dict[str, Any], Path], None]] = {
+    ("README.md", "import camlens"): check_intro,
+    ("docs/audit.md",
+     "audited = camlens.audit([audit_photos], \"audit/\", model=model, preprocess=preprocess,"):
         check_audit,
-    "import torch": check_models,
-    "import os": check_keras,
-    "from torch import nn": check_tasks,
-    "from camlens import metrics": check_metrics,
-    "from camlens.models import preprocessing": check_own_model,
+    ("docs/models.md", "import torch"): check_models,
+    ("docs/keras.md", "import os"): check_keras,
+    ("docs/tasks.md", "import torch"): check_tasks,
+    ("docs/evaluation.md", "from camlens import metrics"): check_metrics,
+    ("docs/datasets.md", "import torch"): check_own_model,
 }
+AUDIT_PAGE = "docs/audit.md"  # the page whose block AUDIT_FILES writes the audit's files
+
+
+def check_names(pages: list[Page]) -> None:
+    """Each check names one Python block of its page (of those given)."""
+    names = {p.name: p for p in pages}
+    wanted = [*CHECKS, (AUDIT_PAGE, AUDIT_FILES)]
+    for name, first in (k for k in wanted if k[0] in names):
+        firsts = [b.first_line for b in names[name].python]
+        assert firsts.count(first) == 1, f"{name}: no single Python block starts with {first!r}"
 
 
 def test_every_check_names_a_python_block():
-    firsts = [b.first_line for b in PYTHON]
-    for first in [*CHECKS, AUDIT_FILES]:
-        assert firsts.count(first) == 1, f"no single Python block starts with {first!r}"
+    check_names([PAGE])
 
 
 class Session:
-    """The README's Python blocks run in order in one namespace, each at most once."""
+    """A page's Python blocks run in order in one namespace, each at most once."""
 
-    def __init__(self) -> None:
+    def __init__(self, page: Page = PAGE, python: list[Block] | None = None) -> None:
+        self.page = page
+        self.python = page.python if python is None else python
         self.namespace: dict[str, Any] = {"__name__": "__readme__"}
         self.done: dict[int, BaseException | None] = {}
 
@@ -258,18 +302,18 @@ class Session:
                 except Exception:
                     pass
             if self.done[earlier] is not None:
-                pytest.fail(f"an earlier block failed: {_id(PYTHON[earlier].first_line)}")
+                pytest.fail(f"an earlier block failed: {_id(self.python[earlier].first_line)}")
         self._run(index, folder)
 
     def _run(self, index: int, folder: Path) -> None:
-        block = PYTHON[index]
-        # blank lines in front so tracebacks give README.md's line numbers
-        code = compile("\n" * (block.line - 1) + block.code, str(README), "exec")
+        block = self.python[index]
+        # blank lines in front so tracebacks give the page's line numbers
+        code = compile("\n" * (block.line - 1) + block.code, str(self.page.path), "exec")
         cwd = Path.cwd()
         os.chdir(folder)
         try:
             exec(code, self.namespace)
-            check = CHECKS.get(block.first_line)
+            check = CHECKS.get((self.page.name, block.first_line))
             if check is not None:
                 check(self.namespace, folder)
         except BaseException as err:
@@ -340,7 +384,7 @@ def _inputs(args: list[str], folder: Path) -> int:
     return count
 
 
-def serve_app(args: list[str], folder: Path, env: dict[str, str], line: int) -> None:
+def serve_app(args: list[str], folder: Path, env: dict[str, str], where: str) -> None:
     """``camlens app ...`` serves until Ctrl-C: wait until it serves, load the page, then
     interrupt it (with the default SIGINT disposition: a CI background job inherits it
     ignored); it must stop cleanly."""
@@ -355,12 +399,12 @@ def serve_app(args: list[str], folder: Path, env: dict[str, str], line: int) -> 
         text, deadline = "", time.monotonic() + 300
         while " at http" not in text and time.monotonic() < deadline:
             text = proc.stderr.readline()
-            assert text or proc.poll() is None, f"README.md line {line}: the app exited"
+            assert text or proc.poll() is None, f"{where}: the app exited"
         url = text.split(" at ")[1].split()[0]
         with urllib.request.urlopen(url, timeout=60) as page:
             assert page.status == 200 and b"camlens" in page.read()
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 0, f"README.md line {line}: {proc.stderr.read()[-2000:]}"
+        assert proc.wait(60) == 0, f"{where}: {proc.stderr.read()[-2000:]}"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -369,10 +413,16 @@ def serve_app(args: list[str], folder: Path, env: dict[str, str], line: int) -> 
 
 @pytest.mark.parametrize("line, command", CLI, ids=[f"L{n} {_id(c)}" for n, c in CLI])
 def test_command_line(line: int, command: str, folder: Path) -> None:
+    run_command(PAGE, line, command, folder)
+
+
+def run_command(page: Page, line: int, command: str, folder: Path) -> None:
+    """Run one ``camlens ...`` line of a page and check the files it promises."""
     args = shlex.split(command, comments=True)[1:]  # "camlens" is python -m camlens
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    if "audit-photos/" in args:  # the files the README's Python block writes, as a reader
-        block = next(b for b in PYTHON if b.first_line == AUDIT_FILES)  # would have them
+    if "audit-photos/" in args:  # the files the audit page's Python block writes, as a
+        audit = Page.read(ROOT / AUDIT_PAGE)  # reader would have them
+        block = next(b for b in audit.python if b.first_line == AUDIT_FILES)
         cwd = Path.cwd()
         os.chdir(folder)
         try:
@@ -380,12 +430,12 @@ def test_command_line(line: int, command: str, folder: Path) -> None:
         finally:
             os.chdir(cwd)
     if args[0] == "app":
-        serve_app(args, folder, env, line)
+        serve_app(args, folder, env, f"{page.name} line {line}")
         return
     done = subprocess.run([sys.executable, "-m", "camlens", *args], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (
-        f"README.md line {line}: {command}\nexit code {done.returncode}\n"
+        f"{page.name} line {line}: {command}\nexit code {done.returncode}\n"
         f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-3000:]}"
     )
     if args[0] == "explain":
@@ -417,3 +467,41 @@ def test_command_line(line: int, command: str, folder: Path) -> None:
         assert done.stdout.strip()
         if args[0] == "methods":
             assert "gradcam" in done.stdout and "--method all" in done.stdout
+
+
+# ------------------------------------------------------------------ links
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    return {anchor(h) for h in re.findall(r"^#+\s+(.*)$", text, flags=re.M)}
+
+
+def broken_links(path: Path) -> list[str]:
+    """The relative links of a markdown file whose file or heading does not exist."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        file, _, fragment = target.partition("#")
+        where = (path.parent / file).resolve() if file else path
+        if not where.exists() or (fragment and where.suffix == ".md"
+                                  and fragment not in anchors(where)):
+            broken.append(target)
+    return broken
+
+
+def test_readme_links_resolve():
+    links = LINK.findall(README.read_text(encoding="utf-8"))
+    assert any(t.startswith("docs/") for t in links)
+    assert broken_links(README) == []
