@@ -11,10 +11,12 @@ import fnmatch
 import inspect
 import math
 import numbers
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._catalog import summary
 from ._errors import unknown_choice
 
 if TYPE_CHECKING:
@@ -23,6 +25,14 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound="type[Method]")
 
 _REGISTRY: dict[str, type[Method]] = {}
+
+
+def _registered() -> dict[str, type[Method]]:
+    """The registry with camlens's own methods in it: their modules register them when
+    ``camlens.methods`` is first imported (``import camlens`` alone no longer does it)."""
+    if "camlens.methods" not in sys.modules:
+        from . import methods  # noqa: F401
+    return _REGISTRY
 
 
 # ------------------------------------------------------------------ option rules
@@ -194,7 +204,7 @@ def register_method(name: str) -> Callable[[M], M]:
     """
 
     def decorate(cls: M) -> M:
-        if name in _REGISTRY:
+        if name in _registered():  # camlens's own methods first, as their names are taken
             raise ValueError(f"method {name!r} is registered twice")
         params = _init_options(cls)
         missing = [p for p in params if p not in cls.options]
@@ -221,7 +231,7 @@ def available_methods(pattern: str = "*") -> list[str]:
     >>> "gradcam" in available_methods()
     True
     """
-    return [name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern)]
+    return [name for name in _registered() if fnmatch.fnmatchcase(name, pattern)]
 
 
 def method_class(name: str) -> type[Method]:
@@ -229,7 +239,7 @@ def method_class(name: str) -> type[Method]:
     if not isinstance(name, str):
         raise TypeError(f"method must be a name such as 'gradcam', got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
-    if key not in _REGISTRY:
+    if key not in _registered():
         raise unknown_choice("method", name, _REGISTRY, "See camlens.available_methods()")
     return _REGISTRY[key]
 
@@ -237,9 +247,7 @@ def method_class(name: str) -> type[Method]:
 def describe(name: str) -> str:
     """The description of a method: the summary sentence(s) of its docstring, whole (a
     summary that wraps over several lines is joined, never cut mid-sentence)."""
-    doc = inspect.getdoc(method_class(name)) or ""
-    first = doc.split("\n\n", 1)[0]
-    return " ".join(line.strip() for line in first.splitlines())
+    return summary(inspect.getdoc(method_class(name)) or "")
 
 
 def create_method(name: str, **options: Any) -> Method:
