@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Unless the user chose one, OpenMP's wait policy is ``PASSIVE`` (read once, when torch
     loads it): threads that wait for work sleep instead of spinning, which on a busy
-    machine took 200 images from 127 s to 67 s and costs nothing on a quiet one.
-    ``--threads N`` sets torch's intra-op threads.
+    2-core machine took 200 images from 127 s to 67 s (``bench/bench_wait_policy.py``
+    compares the two). ``--threads N`` sets torch's intra-op threads.
     """
     if "torch" not in sys.modules:  # too late once torch is loaded
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
