@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._catalog import ordered, summary
 from ._errors import unknown_choice
 
 if TYPE_CHECKING:
@@ -21,21 +23,13 @@ M = TypeVar("M", bound="type[Method]")
 
 _REGISTRY: dict[str, type[Method]] = {}
 
-# The one order in which methods are listed, run and drawn when no order is asked for
-# (`camlens methods`, the groups `all`, `heavy` and `everything`, the page's list,
-# ``compare(methods=None)``): the best known first, as a reader of the papers and of
-# pytorch-grad-cam's README meets them. Grad-CAM and its closest variants, Eigen-CAM (no
-# gradients), Score-CAM and Ablation-CAM (the perturbation classics), Guided Grad-CAM and
-# guided backpropagation (the Grad-CAM paper's pixel-level pair), CAM (the original, which
-# needs a GAP + linear head), then the rarer and newer variants, the heavy sampling
-# methods, and the random baseline last. Methods registered elsewhere (a user's) follow,
-# in registration order. Methods named explicitly keep the order they are named in.
-METHOD_ORDER = (
-    "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam",
-    "ablationcam", "guided-gradcam", "guided-backprop", "cam", "fullgrad", "eigengradcam",
-    "gradcam-elementwise", "smoothgradcam++", "rise", "sscam", "iscam", "fem", "kpcacam",
-    "finercam", "shapleycam", "randomcam",
-)
+
+def _registered() -> dict[str, type[Method]]:
+    """The registry with camlens's own methods in it: their modules register them when
+    ``camlens.methods`` is first imported (``import camlens`` alone no longer does it)."""
+    if "camlens.methods" not in sys.modules:
+        from . import methods  # noqa: F401
+    return _REGISTRY
 
 
 def _describe(value: Any) -> str:
@@ -80,7 +74,7 @@ def register_method(name: str) -> Callable[[M], M]:
     """
 
     def decorate(cls: M) -> M:
-        if name in _REGISTRY:
+        if name in _registered():  # camlens's own methods first, as their names are taken
             raise ValueError(f"method {name!r} is registered twice")
         params = _init_options(cls)
         missing = [p for p in params if p not in cls.options]
@@ -108,8 +102,7 @@ def available_methods(pattern: str = "*") -> list[str]:
     >>> available_methods("*gradcam*")[:3]
     ['gradcam', 'gradcam++', 'xgradcam']
     """
-    rank = {name: i for i, name in enumerate(METHOD_ORDER)}
-    names = sorted(_REGISTRY, key=lambda n: rank.get(n, len(rank)))  # stable: the rest keep
+    names = ordered(_registered())
     return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
 
 
@@ -118,7 +111,7 @@ def method_class(name: str) -> type[Method]:
     if not isinstance(name, str):
         raise TypeError(f"method must be a name such as 'gradcam', got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
-    if key not in _REGISTRY:
+    if key not in _registered():
         raise unknown_choice("method", name, _REGISTRY, "See camlens.available_methods()")
     return _REGISTRY[key]
 
@@ -126,9 +119,7 @@ def method_class(name: str) -> type[Method]:
 def describe(name: str) -> str:
     """The description of a method: the summary sentence(s) of its docstring, whole (a
     summary that wraps over several lines is joined, never cut mid-sentence)."""
-    doc = inspect.getdoc(method_class(name)) or ""
-    first = doc.split("\n\n", 1)[0]
-    return " ".join(line.strip() for line in first.splitlines())
+    return summary(inspect.getdoc(method_class(name)) or "")
 
 
 def create_method(name: str, **options: Any) -> Method:

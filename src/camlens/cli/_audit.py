@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import CliError, model_options, positive, say
+from .._catalog import DEFAULT_MODEL
+from ._args import CliError, model_options, positive
 
 DEFAULT_OUT = "camlens-audit"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``camlens audit`` on the ``camlens`` command's sub-parsers."""
-    from ..models import DEFAULT_MODEL
-
     a = sub.add_parser(
         "audit", help="bias audit: per class, map energy on the object or off it, the "
                       "worst images; report.md/.html, audit.csv/.json",
@@ -59,6 +58,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit; print the flagged classes and the per-class table. Exit code 1 when
     an image could not be used, 0 otherwise (a flag is a finding, not an error)."""
     from ..audit import audit
+    from ._common import say
 
     if args.worst < 0:
         raise CliError(f"--worst must be 0 or more, got {args.worst}")

@@ -23,22 +23,14 @@ from .._errors import closest, unknown_choice
 from .._layers import resolve_layers
 from .._registry import available_methods, create_method, method_class
 from .._validate import check_model
-from ..models import PREPROCESSING, engine_input, load_model
+from ..models import engine_input, load_model
 from ..targets import TopK
+from ._args import METHOD_GROUPS, CliError, model_options, positive  # noqa: F401  (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # The first bytes of the image formats Pillow reads, for files without an image suffix.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
           b"MM\x00*", b"P3", b"P6", b"P5", b"P2")
-METHOD_GROUPS = {
-    "all": "every method but the heavy ones (and those that cannot apply to the model)",
-    "heavy": "rise, sscam, iscam: thousands of forwards per image",
-    "everything": "all and heavy",
-}
-
-
-class CliError(Exception):
-    """A usage problem: printed as one line, exit code 2."""
 
 
 @dataclass
@@ -73,16 +65,6 @@ def library_notes() -> None:
     logger = logging.getLogger("camlens")
     if not any(isinstance(h, _SayHandler) for h in logger.handlers):
         logger.addHandler(_SayHandler(logging.WARNING))
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
 
 
 def show_progress(choice: str) -> bool:
@@ -295,23 +277,6 @@ def small_image_note(rgb: np.ndarray, preprocess: Any) -> str | None:
 
 
 # ---------------------------------------------------------------- model and choices
-def model_options(p: argparse.ArgumentParser, default_model: str, batches: bool = True) -> None:
-    """--model, --weights, --trust-model, --preprocess, --device (and --batch-size, for the
-    commands that walk many images)."""
-    p.add_argument("--model", default=default_model,
-                   help=f"model spec (default: {default_model})")
-    p.add_argument("--weights", default=None, help="state dict file for the architecture")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow loading a fully pickled model file, or a Keras file's Python "
-                        "lambdas (runs code from the file)")
-    p.add_argument("--preprocess", default=None, choices=sorted(PREPROCESSING),
-                   help="the model's pixel convention (default: the model's own; Keras files: "
-                        "raw 0..255; caffe = BGR minus the ImageNet mean, as Keras's VGG16)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    if batches:
-        p.add_argument("--batch-size", type=positive, default=8)
-
-
 def load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], Any, torch.device]:
     """The model, its preprocessing and labels, the checked layer and the device.
 

@@ -16,6 +16,7 @@ from .._errors import unknown_choice
 from .._explainer import compare
 from .._guard import ModelGuard
 from .._scorer import time_forward
+from ._args import EVAL_METRICS, QUICK_METRICS
 from ._common import (
     CliError,
     Run,
@@ -30,14 +31,7 @@ from ._common import (
     show_progress,
 )
 
-# metric name -> True where higher is better
-EVAL_METRICS = {
-    "deletion": False, "insertion": True, "average_drop": False, "increase": True,
-    "road_morf": False, "road_lerf": True, "pointing_game": True,
-    "energy_pointing_game": True, "localization_error": False,
-}
 BOX_METRICS = ("pointing_game", "energy_pointing_game", "localization_error")
-QUICK_METRICS = ("deletion", "insertion", "average_drop", "increase")
 QUICK_STEP, FULL_STEP = 0.05, 0.01  # deletion / insertion: share of the pixels per step
 ROAD_PERCENTILES = 9
 

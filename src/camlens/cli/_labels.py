@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import DEFAULT_MODEL
-from ._common import CliError, model_options, positive
+from .._catalog import DEFAULT_MODEL
+from ._args import CliError, model_options, positive
 
 
 def _fraction(text: str) -> float:

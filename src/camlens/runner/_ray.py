@@ -282,7 +282,8 @@ def _run(ray: Any, job: Job, run: IndexedRun) -> None:
             for i, (path, shown, _) in enumerate(job.files)]
     spec = {
         "args": job.args, "out": str(Path(job.out).absolute()), "max_pixels": job.max_pixels,
-        "methods": job.methods, "threads": pool["threads"],
+        "methods": job.methods,
+        "threads": getattr(job.args, "threads", None) or pool["threads"],  # --threads
     }
     bar = tqdm(total=len(rows), unit="img", desc="camlens explain (ray)", disable=not job.show,
                leave=False)
