@@ -48,7 +48,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("camlens.runner._ray", "camlens.cli._common"):
         "issue 21: moved by the library-layer step",
     # `from .. import __version__`: the runner loads the package that loads the runner
-    ("camlens.runner._local", "camlens"): "issue 21: moved by the library-layer step",
     # the local loop picks the Ray executor, which is built on the local loop's pieces
     ("camlens.runner._local", "camlens.runner._ray"):
         "issue 21: moved by the library-layer step",

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._catalog import ordered, summary
+from ._catalog import METHOD_ORDER, ordered, summary  # noqa: F401  (METHOD_ORDER re-exported)
 from ._errors import unknown_choice
 
 if TYPE_CHECKING:
@@ -22,14 +21,6 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound="type[Method]")
 
 _REGISTRY: dict[str, type[Method]] = {}
-
-
-def _registered() -> dict[str, type[Method]]:
-    """The registry with camlens's own methods in it: their modules register them when
-    ``camlens.methods`` is first imported (``import camlens`` alone no longer does it)."""
-    if "camlens.methods" not in sys.modules:
-        from . import methods  # noqa: F401
-    return _REGISTRY
 
 
 def _describe(value: Any) -> str:
@@ -74,7 +65,7 @@ def register_method(name: str) -> Callable[[M], M]:
     """
 
     def decorate(cls: M) -> M:
-        if name in _registered():  # camlens's own methods first, as their names are taken
+        if name in _REGISTRY:  # camlens's own methods first, as their names are taken
             raise ValueError(f"method {name!r} is registered twice")
         params = _init_options(cls)
         missing = [p for p in params if p not in cls.options]
@@ -102,7 +93,7 @@ def available_methods(pattern: str = "*") -> list[str]:
     >>> available_methods("*gradcam*")[:3]
     ['gradcam', 'gradcam++', 'xgradcam']
     """
-    names = ordered(_registered())
+    names = ordered(_REGISTRY)
     return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
 
 
@@ -111,7 +102,7 @@ def method_class(name: str) -> type[Method]:
     if not isinstance(name, str):
         raise TypeError(f"method must be a name such as 'gradcam', got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
-    if key not in _registered():
+    if key not in _REGISTRY:
         raise unknown_choice("method", name, _REGISTRY, "See camlens.available_methods()")
     return _REGISTRY[key]
 

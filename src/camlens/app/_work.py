@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import methods as _methods  # noqa: F401  (registers camlens's methods)
 from .. import metrics
 from .._derive import boxes as map_boxes
 from .._errors import closest

@@ -19,6 +19,7 @@ from ._result import AuditResult
 def check_args(method: str, min_images: int, z: float, ratio: float, floor: float,
                worst: int, tolerance: int | None, border: float, batch_size: int) -> str:
     """Usage errors before anything runs; returns the method's registry name."""
+    from .. import methods as _methods  # noqa: F401  (registers camlens's methods)
     from .._registry import available_methods
 
     if not isinstance(method, str) or "," in method:

@@ -16,7 +16,15 @@ from pathlib import Path
 from .. import __version__
 from .._catalog import DEFAULT_MODEL, MODEL_SPECS, method_listing
 from ._app import add_parser as _add_app_parser
-from ._args import EVAL_METRICS, METHOD_GROUPS, QUICK_METRICS, CliError, model_options, positive
+from ._args import (
+    EVAL_METRICS,
+    METHOD_GROUPS,
+    QUICK_METRICS,
+    CliError,
+    library_notes,
+    model_options,
+    positive,
+)
 from ._audit import add_parser as _add_audit_parser
 from ._explain import cmd_explain
 from ._labels import add_parser as _add_labels_parser
@@ -46,8 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from ._common import library_notes  # imports torch: only once a command runs
-
     library_notes()
     try:
         if getattr(args, "threads", None) is not None:
@@ -170,6 +176,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     try:
         entries = method_listing()
     except (OSError, SyntaxError):  # no method sources installed: ask the registry
+        from .. import methods as _methods  # noqa: F401  (registers camlens's methods)
         from .._catalog import MethodEntry
         from .._registry import available_methods, describe, method_class
 

@@ -4,6 +4,8 @@ errors never import torch (the commands import it when they run)."""
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 from .._catalog import PREPROCESSING
 
@@ -54,3 +56,23 @@ def model_options(p: argparse.ArgumentParser, default_model: str, batches: bool 
                         "per core); on a shared machine, fewer leave cores to the other work")
     if batches:
         p.add_argument("--batch-size", type=positive, default=8)
+
+
+def say(text: str) -> None:
+    """One message on stderr, without breaking a progress bar that is showing."""
+    from tqdm import tqdm
+
+    tqdm.write(f"camlens: {text}", file=sys.stderr)
+
+
+class _SayHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        say(record.getMessage())
+
+
+def library_notes() -> None:
+    """The library's warnings (logger ``camlens``, e.g. the pixels a Keras file is fed)
+    printed as the command line's own lines, once each."""
+    logger = logging.getLogger("camlens")
+    if not any(isinstance(h, _SayHandler) for h in logger.handlers):
+        logger.addHandler(_SayHandler(logging.WARNING))

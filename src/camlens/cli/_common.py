@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 import re
 import stat
@@ -19,13 +18,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import methods as _methods  # noqa: F401  (registers camlens's methods)
 from .._errors import closest, unknown_choice
 from .._layers import resolve_layers
 from .._registry import available_methods, create_method, method_class
 from .._validate import check_model
 from ..models import engine_input, load_model
 from ..targets import TopK
-from ._args import METHOD_GROUPS, CliError, model_options, positive  # noqa: F401  (re-exported)
+from ._args import (  # noqa: F401  (re-exported)
+    METHOD_GROUPS,
+    CliError,
+    library_notes,
+    model_options,
+    positive,
+    say,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # The first bytes of the image formats Pillow reads, for files without an image suffix.
@@ -45,26 +52,6 @@ class Run:
         be read, so a resumed run tries it again."""
         self.errors.append({"file": name, "error": reason})
         say(f"skipped {name}: {reason}")
-
-
-def say(text: str) -> None:
-    """One message on stderr, without breaking a progress bar that is showing."""
-    from tqdm import tqdm
-
-    tqdm.write(f"camlens: {text}", file=sys.stderr)
-
-
-class _SayHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        say(record.getMessage())
-
-
-def library_notes() -> None:
-    """The library's warnings (logger ``camlens``, e.g. the pixels a Keras file is fed)
-    printed as the command line's own lines, once each."""
-    logger = logging.getLogger("camlens")
-    if not any(isinstance(h, _SayHandler) for h in logger.handlers):
-        logger.addHandler(_SayHandler(logging.WARNING))
 
 
 def show_progress(choice: str) -> bool:
