@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import subprocess
@@ -198,8 +199,12 @@ def test_budget_from_the_environment(monkeypatch):
                     reason="needs Linux's /proc/self/clear_refs")
 def test_peak_memory_measures_a_block():
     with PeakMemory(torch.device("cpu")) as peak:
-        t = torch.ones(16 * MiB)  # 64 MiB, touched
-        del t
+        # 64 MiB of fresh pages, each touched (a tensor could reuse pages that malloc kept
+        # resident from earlier tests in this process, which the resident set never shows)
+        block = mmap.mmap(-1, 64 * MiB)
+        for i in range(0, 64 * MiB, mmap.PAGESIZE):
+            block[i] = 1
+        block.close()
     assert 60 * MiB <= peak.peak < 1024 * MiB, peak.peak
     with PeakMemory(torch.device("cpu"), active=False) as idle:
         torch.ones(MiB)
