@@ -9,8 +9,9 @@ any other failure, or a refusal that is not listed, fails the test. Vision trans
 are covered in ``test_transformers.py``.
 
 Gradient methods run on small inputs at the usual layer. The perturbation methods (one
-forward per channel) run at the model's stem on 32 px inputs: what is tested is that they
-run through the whole architecture and its output, at a fraction of the cost.
+forward per channel) run at the model's stem on 32 px inputs (video: 4 x 16 x 16 clips):
+what is tested is that they run through the whole architecture and its output, at a
+fraction of the cost.
 """
 
 from __future__ import annotations
@@ -169,12 +170,20 @@ def case(request):
     gc.collect()
 
 
+def _perturbation_input(x: torch.Tensor) -> torch.Tensor:
+    """Images at 32 x 32 and video clips at 4 x 16 x 16: the perturbation methods' inputs."""
+    if x.ndim == 4:
+        return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    if x.ndim == 5:
+        return F.interpolate(x, size=(4, 16, 16), mode="trilinear", align_corners=False)
+    return x
+
+
 def _run(case: Case, method: str) -> torch.Tensor:
     x, layer = case.inputs, case.layer
     cls = method_class(method)
     if method in PERTURBATION:
-        if x.ndim == 4:
-            x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        x = _perturbation_input(x)
         if cls.needs_layer:
             layer = case.stem
     return camlens.explain(case.model, x, method=method, layer=layer, target=case.target,
@@ -195,8 +204,8 @@ def test_every_method_works_or_says_why_not(case):
         except Exception as err:  # anything else is a bug
             failures.append(f"{method}: {type(err).__name__}: {err}")
             continue
-        x = case.inputs if method not in PERTURBATION or case.inputs.ndim != 4 else None
-        spatial = tuple(x.shape[2:]) if x is not None else (32, 32)
+        x = _perturbation_input(case.inputs) if method in PERTURBATION else case.inputs
+        spatial = tuple(x.shape[2:])
         k = (len(case.target.steps),) if isinstance(case.target, TokenTarget) else ()
         expected = (case.inputs.shape[0], *k, *spatial)
         if tuple(maps.shape) != expected or not bool(torch.isfinite(maps).all()):

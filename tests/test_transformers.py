@@ -242,7 +242,7 @@ class Logits(nn.Module):
         return self.model(pixel_values=x).logits
 
 
-# The ViT-B/16 Grad-CAM at encoder_layer_11.ln_1 against pytorch-grad-cam's tutorial
+# torchvision's ViT (2 blocks) Grad-CAM at its last ln_1 against pytorch-grad-cam's tutorial
 # reshape is in test_crosscheck.py (camlens reshapes automatically there too); the
 # families below are the others: channels-last (torchvision, timm), tokens without a class
 # token on a non-square grid (Hugging Face Swin), and two leading tokens (DeiT).
