@@ -102,12 +102,7 @@ def torch_pass(model: nn.Module, inputs: Tensor, plan: PassPlan,
     own = plan.own_layers.own_layers(model, inputs) if plan.own_layers else None  # type: ignore[attr-defined]
     with ModelGuard(model, options.eval_mode):
         try:
-            if own is not None:
-                layers = own
-            elif not plan.layer:
-                layers = []
-            elif layers is None:
-                layers = [find_auto_layer(model, inputs)]
+            layers = _pick_layers(model, inputs, plan, layers, own)
             x = inputs.detach().requires_grad_(True) if plan.input_gradients else inputs
             forward = _forward(model, x, layers, plan)
         except RuntimeError as err:  # torch's padding or kernel-size error: say the size
@@ -119,20 +114,7 @@ def torch_pass(model: nn.Module, inputs: Tensor, plan: PassPlan,
                 target, forward.output, inputs.shape[0], plan.transform)
             found = _layer_gradients(forward, x, scores, target, plan, own is not None)
         found.classes = classes
-        guided = None
-        if plan.guided:
-            try:
-                guided = _guided_gradients(model, inputs, target, classes,
-                                           options.counterfactual)
-            except ValueError as err:
-                forward.refused["guided"] = err
-        if plan.noisy is not None:
-            found.samples = _noisy_gradients(model, inputs, layers, target, classes,
-                                             plan.noisy, options.seed)
-    if plan.input_gradients and found.gradients is not None:
-        found.input_gradients = found.gradients[-1].detach() * options.sign
-    elif guided is not None:
-        found.input_gradients = guided  # of the negated score already: guided is not linear
+        _extra_passes(model, inputs, target, plan, options, found, forward.refused)
     if plan.scorer:
         found.scorer = Scorer(model, target, classes, eval_mode=options.eval_mode,
                               batch_size=options.batch_size, progress=options.progress,
@@ -141,6 +123,39 @@ def torch_pass(model: nn.Module, inputs: Tensor, plan: PassPlan,
     # detached: the graph from the layer to the output is not kept while the methods run
     return PassResult(detach_output(forward.output), [n for n, _ in layers] or ["input"], data,
                       classes, single, matched, forward.refused)
+
+
+def _pick_layers(model: nn.Module, inputs: Tensor, plan: PassPlan,
+                 layers: list[tuple[str, nn.Module]] | None,
+                 own: list[tuple[str, nn.Module]] | None) -> list[tuple[str, nn.Module]]:
+    """The method's own layers, none where no method reads a layer, else the caller's
+    or the automatic choice."""
+    if own is not None:
+        return own
+    if not plan.layer:
+        return []
+    return [find_auto_layer(model, inputs)] if layers is None else layers
+
+
+def _extra_passes(model: nn.Module, inputs: Tensor, target: Any, plan: PassPlan,
+                  options: PassOptions, found: Captured,
+                  refused: dict[str, ValueError]) -> None:
+    """The passes besides the main one: guided input gradients (a full guided pass) and
+    gradients at noisy copies; the input gradients the methods see."""
+    guided = None
+    if plan.guided:
+        try:
+            guided = _guided_gradients(model, inputs, target, found.classes,
+                                       options.counterfactual)
+        except ValueError as err:
+            refused["guided"] = err
+    if plan.noisy is not None:
+        found.samples = _noisy_gradients(model, inputs, found.layers, target, found.classes,
+                                         plan.noisy, options.seed)
+    if plan.input_gradients and found.gradients is not None:
+        found.input_gradients = found.gradients[-1].detach() * options.sign
+    elif guided is not None:
+        found.input_gradients = guided  # of the negated score already: guided is not linear
 
 
 @dataclass
