@@ -51,14 +51,6 @@ KNOWN: dict[tuple[str, str], str] = {
     # the local loop picks the Ray executor, which is built on the local loop's pieces
     ("camlens.runner._local", "camlens.runner._ray"):
         "issue 21: moved by the library-layer step",
-    # the engine names TensorFlow's pass, which takes the engine's private helpers
-    ("camlens._engine", "camlens._adapters._keras_tf"): "issue 21: moved by the engine step",
-    # the torch-backend adapter picks the TensorFlow one, which is built on it
-    ("camlens._adapters._keras", "camlens._adapters._keras_tf"):
-        "issue 21: moved by the engine step",
-    # the Keras loaders take constants and load_model from models.py, which calls them
-    ("camlens._keras_load", "camlens.models"): "issue 21: moved by the library-layer step",
-    ("camlens._keras_models", "camlens.models"): "issue 21: moved by the library-layer step",
 }
 
 PACKAGE = "camlens"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ._conventions import DEFAULT_MODEL, LITE_PREPROCESS, preprocessing
 from ._errors import unknown_choice
 
 
@@ -38,10 +40,10 @@ def import_keras(backend: str | None = None) -> Any:
     return keras
 
 
-def load_keras(spec: str, weights: Any, trust: bool) -> tuple[Any, Any]:
-    """``(keras model, preprocess)`` for a Keras file or a ``keras:NAME`` spec."""
-    from .models import DEFAULT_MODEL, LITE_PREPROCESS, load_model, preprocessing
-
+def load_keras(spec: str, trust: bool, torch_twin: Callable[[], Any]) -> tuple[Any, Any]:
+    """``(keras model, preprocess)`` for a Keras file or a ``keras:NAME`` spec;
+    ``torch_twin()`` gives the PyTorch model whose weights ``keras:efficientnet-lite0``
+    takes (the caller's loader, with the caller's weights)."""
     keras = import_keras()
     if spec.startswith("keras:"):
         name = spec.split(":", 1)[1]
@@ -50,8 +52,8 @@ def load_keras(spec: str, weights: Any, trust: bool) -> tuple[Any, Any]:
                                  "Or give a saved Keras file (.keras, .h5)")
         from ._keras_models import efficientnet_lite0_keras
 
-        torch_model = load_model(DEFAULT_MODEL, weights)[0] if weights is not None else None
-        return efficientnet_lite0_keras(torch_model), replace(LITE_PREPROCESS, channels_last=True)
+        return efficientnet_lite0_keras(torch_twin()), replace(LITE_PREPROCESS,
+                                                               channels_last=True)
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"model file {path} does not exist")

@@ -80,7 +80,7 @@ def _torch_padding(module: Any, kernel: int, stride: int) -> tuple[int, int, int
 
 
 def efficientnet_lite0_keras(
-    torch_model: Any = None,
+    torch_model: Any,
     *,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
 ) -> Any:
@@ -89,16 +89,12 @@ def efficientnet_lite0_keras(
     Input: images (B, H, W, 3) channels-last, normalised like
     ``camlens.models.LITE_PREPROCESS`` (``(x * 255 - 127) / 128``); 224 x 224 gives the
     (B, 7, 7, 1280) maps of ``"top_activation"``. Output: the 1000 ImageNet logits.
-    Weights come from ``torch_model`` (the package's ``EfficientNet``); by default the
+    Weights come from ``torch_model`` (the package's ``EfficientNet``), such as the
     bundled one, ``camlens.load_model("efficientnet-lite0")[0]``.
     """
     import keras
     from keras import layers
 
-    if torch_model is None:
-        from .models import load_model
-
-        torch_model = load_model("efficientnet-lite0")[0]
     blocks = list(torch_model._blocks)
     names = _block_names()
     if len(blocks) != len(names):

@@ -4,9 +4,10 @@ The engine speaks PyTorch: a module called on channels-first tensors, forward ho
 layers, ``torch.autograd.grad`` from their outputs. A PyTorch model is used as it is. A
 Keras 3 model is wrapped in a small adapter module (:class:`KerasModel`) that takes
 channels-first tensors, calls the Keras model in its own layout with ``training=False``,
-finds layers by their Keras names and hooks them; on the TensorFlow backend the engine's
-gradient pass runs through ``tf.GradientTape`` (:mod:`._keras_tf`). The methods never learn
-which framework ran.
+finds layers by their Keras names and hooks them; on the TensorFlow backend it brings its own
+pass through ``tf.GradientTape`` (:mod:`._keras_tf`). The engine reaches an adapter only
+through :class:`camlens._backend.ModelAdapter`: a new backend is a new module here and a
+line in :func:`adapt`. The methods never learn which framework ran.
 """
 
 from __future__ import annotations
@@ -30,9 +31,20 @@ def adapt(model: Any) -> nn.Module | None:
     """The adapter for a Keras model, or ``None`` when ``model`` is not one."""
     if not is_keras_model(model):
         return None
-    from ._keras import keras_adapter
+    from ._keras import KerasModel, keras_backend
 
-    return keras_adapter(model)
+    backend = keras_backend(model)
+    if backend == "torch":
+        return KerasModel(model)
+    if backend == "tensorflow":
+        from ._keras_tf import KerasTFModel
+
+        return KerasTFModel(model)
+    raise ValueError(
+        f"camlens runs Keras models on the torch or tensorflow backend; this Keras runs on "
+        f"{backend!r}. Set KERAS_BACKEND=torch before keras is first imported (a saved "
+        "model loads under any backend: camlens.load_model('model.keras'))"
+    )
 
 
 def user_inputs(model: Any, inputs: Any) -> tuple[nn.Module | Any, Tensor | Any]:

@@ -41,8 +41,9 @@ _AFTER_CONV = ("Pooling1D", "Pooling2D", "Pooling3D", "Dropout", "Dropout1D", "D
                "Dropout3D")
 
 
-def keras_adapter(model: Any) -> KerasModel:
-    """The adapter for a Keras 3 model on the torch or TensorFlow backend."""
+def keras_backend(model: Any) -> str:
+    """The Keras backend ``model`` runs on, once it is checked to be a built Keras 3 model
+    (the adapter for that backend is picked by :func:`camlens._adapters.adapt`)."""
     keras = sys.modules.get("keras")
     version = str(getattr(keras, "__version__", "0"))
     if type(model).__module__.startswith("tf_keras") or not version.startswith("3"):
@@ -62,17 +63,7 @@ def keras_adapter(model: Any) -> KerasModel:
             f"the Keras model {model.name!r} is not built yet (no input shape); call it once "
             "on a batch or give it a keras.Input, then explain it"
         )
-    if backend == "torch":
-        return KerasModel(model)
-    if backend == "tensorflow":
-        from ._keras_tf import KerasTFModel
-
-        return KerasTFModel(model)
-    raise ValueError(
-        f"camlens runs Keras models on the torch or tensorflow backend; this Keras runs on "
-        f"{backend!r}. Set KERAS_BACKEND=torch before keras is first imported (a saved "
-        "model loads under any backend: camlens.load_model('model.keras'))"
-    )
+    return str(backend)
 
 
 def _is_model(obj: Any) -> bool:
@@ -106,6 +97,11 @@ class KerasModel(nn.Module):
     def forward(self, x: Tensor) -> Any:
         with self.logits(), self.native_layout():
             return self.keras_model(self._to_keras(x), training=False)
+
+    def engine_pass(self) -> None:
+        """None: on the torch backend Keras layers are torch modules, the engine's PyTorch
+        pass serves them (:class:`~camlens._backend.ModelAdapter`)."""
+        return None
 
     def _to_keras(self, x: Tensor) -> Any:
         return x.movedim(1, -1) if self.channels_last and x.ndim >= 3 else x

@@ -15,13 +15,17 @@ nested models and shared layers work as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._backend import BackendPass, Captured, PassOptions, PassPlan, PassResult, layer_data
+from .._gradients import check_finite_gradients, classifier_weight, nothing_matched, target_scores
+from .._scorer import Scorer
 from ._keras import Hook, KerasModel, swapped_call, to_torch
 
 _TORCH_ONLY = (
@@ -58,6 +62,9 @@ class KerasTFModel(KerasModel):
     without autograd; gradients come from :func:`run_tf_pass`."""
 
     backend = "tensorflow"
+
+    def engine_pass(self) -> BackendPass:
+        return run_tf_pass
 
     def forward(self, x: Tensor) -> Any:
         with self.logits():
@@ -101,36 +108,16 @@ def _leaves(out: Any) -> list[Any]:
     return [out] if _is_tf(out) or isinstance(out, Tensor) else []
 
 
-def run_tf_pass(
-    model: KerasTFModel,
-    inputs: Tensor,
-    methods: Sequence[Any],
-    layers: list[tuple[str, Any]] | None,
-    target: Any,
-    *,
-    counterfactual: bool,
-    reshape: Any,
-    batch_size: int,
-    progress: Any,
-    seed: int,
-) -> Any:
-    """The engine's :func:`~camlens._engine.run_pass` for a Keras model on TensorFlow."""
+def run_tf_pass(model: KerasTFModel, inputs: Tensor, plan: PassPlan,
+                layers: list[tuple[str, Any]] | None, target: Any,
+                options: PassOptions) -> PassResult:
+    """The engine's pass (:class:`~camlens._backend.BackendPass`) for a Keras model on
+    TensorFlow."""
     import tensorflow as tf
-
-    from .._engine import (
-        PassResult,
-        _check_finite_gradients,
-        _classifier_weight,
-        _nothing_matched,
-        target_scores,
-    )
-    from .._layers import to_channels_first
-    from .._scorer import Scorer
-    from ..methods._base import LayerData
 
     refused: dict[str, ValueError] = {}
     for need, what in _TORCH_ONLY + (("own_layers", "a pass over every biased layer"),):
-        users = [m.name for m in methods if getattr(m, need, False)]
+        users = [m.name for m in plan.methods if getattr(m, need, False)]
         if users:
             refused[need] = ValueError(
                 f"{', '.join(users)} {'need' if len(users) > 1 else 'needs'} {what}, which "
@@ -138,18 +125,15 @@ def run_tf_pass(
                 "KERAS_BACKEND=torch before keras is imported "
                 "(a saved model loads under either: camlens.load_model('model.keras'))"
             )
-    live = [m for m in methods if not any(getattr(m, need, False) for need in refused)]
+    live = [m for m in plan.methods if not any(getattr(m, need, False) for need in refused)]
     if not live:
         raise next(iter(refused.values()))
-    need_grads = any(m.needs_gradients for m in live)
-    need_classifier = any(m.needs_classifier for m in live)
-    need_layer = any(m.needs_layer for m in live)
-    transforms = [m for m in live if hasattr(m, "transform_scores")]
-    if not need_layer:
+    plan = PassPlan.of(live)
+    if not plan.layer:
         layers = []
     elif layers is None:
         layers = [model.auto_layer(inputs)]
-    reshape = reshape or model.layer_to_channels_first
+    options = replace(options, reshape=options.reshape or model.layer_to_channels_first)
 
     captured: list[Any] = [None] * len(layers)
     calls = [0] * len(layers)
@@ -164,7 +148,7 @@ def run_tf_pass(
             if not _is_tf(out) or not out.dtype.is_floating:
                 raise TypeError(f"layer {layers[i][0]!r} returned no floating-point tensor; "
                                 "pick another layer")
-            if need_grads:
+            if plan.gradients:
                 tape.watch(out)
             captured[i] = out
             calls[i] += 1
@@ -182,7 +166,7 @@ def run_tf_pass(
     with ExitStack() as stack:
         for i, (_, layer) in enumerate(layers):
             stack.enter_context(swapped_call(layer, capture(i)))
-        if need_classifier:
+        if plan.classifier:
             for layer, weight in model.linear_layers():
                 stack.enter_context(swapped_call(layer, dense(weight)))
         stack.enter_context(model.logits())
@@ -200,41 +184,24 @@ def run_tf_pass(
     it = iter(leaves_t)
     output = _map(out_tf, lambda _t: next(it))
     target, matched, classes, scores, single = target_scores(target, output, inputs.shape[0],
-                                                             transforms)
+                                                             plan.transform)
     grads: list[Tensor] | None = None
     names = [n for n, _ in layers]
-    if need_grads and layers:
+    if plan.gradients and layers:
         grads = _tape_gradients(tape, scores, leaves_t, leaves_tf, captured, names,
-                                _nothing_matched(target))
-        _check_finite_gradients(grads, names)
+                                nothing_matched(target))
+        check_finite_gradients(grads, names)
     output = _map(output, lambda t: t.detach())
-    sign = -1.0 if counterfactual else 1.0
-    scorer = None
-    if any(m.needs_scorer for m in live):
-        scorer = Scorer(model, target, classes, batch_size=batch_size, progress=progress,
-                        num_images=inputs.shape[0])
-    data = []
-    sources = [(to_torch(c), layers[i]) for i, c in enumerate(captured)] or [
-        (inputs, ("input", model))]
-    for i, (src, layer) in enumerate(sources):
-        acts = to_channels_first(src, inputs.shape, reshape, lead=1) if layers else src
-        g = None
-        if grads is not None:
-            g = to_channels_first(grads[i], inputs.shape, reshape, lead=2) * sign
-        weight: Tensor | ValueError | None = None
-        if need_classifier:
-            try:
-                weight = _classifier_weight(_Calls(linear_calls), acts, output, layer[0])
-            except ValueError as err:
-                weight = err
-        if acts.dtype in (torch.float16, torch.bfloat16):
-            acts = acts.float()
-            g = g.float() if g is not None else None
-        data.append(LayerData(
-            activations=acts, gradients=g, num_targets=scores.shape[1], classes=classes,
-            classifier_weight=weight, counterfactual=counterfactual, inputs=inputs,
-            scorer=scorer, layer=layer, seed=seed, layer_call=calls[i] if layers else 1,
-        ))
+    found = Captured(layers, [to_torch(c) for c in captured], calls, scores.shape[1], classes,
+                     gradients=grads)
+    if plan.classifier:
+        def classifier(acts: Tensor, name: str) -> Tensor:
+            return classifier_weight(_Calls(linear_calls), acts, output, name)
+        found.classifier = classifier
+    if plan.scorer:
+        found.scorer = Scorer(model, target, classes, batch_size=options.batch_size,
+                              progress=options.progress, num_images=inputs.shape[0])
+    data = layer_data(model, inputs, found, options)
     return PassResult(output, names or ["input"], data, classes, single, matched, refused)
 
 
