@@ -11,8 +11,8 @@ from PIL import Image
 from test_audit import dataset, parser, photos, run_audit  # noqa: F401  (fixtures)
 
 from camlens._annotations import match_keys
+from camlens.cli._args import CliError
 from camlens.cli._audit import cmd_audit
-from camlens.cli._common import CliError
 from camlens.cli._evaluate import _check_matches
 
 

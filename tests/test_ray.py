@@ -29,10 +29,10 @@ pytest.importorskip("skimage")
 pytest.importorskip("PIL")
 
 import camlens.cli  # noqa: E402,F401  (the CLI package first: it imports the runner)
-from camlens.cli._common import CliError  # noqa: E402
+from camlens.cli._args import CliError  # noqa: E402
 from camlens.runner import _ray  # noqa: E402
+from camlens.runner._explain import run_explain  # noqa: E402
 from camlens.runner._index import read_index, read_maps  # noqa: E402
-from camlens.runner._local import run_explain  # noqa: E402
 
 LIMIT_S = 90  # per test; Ray hanging (a starved pool) must fail a test, not stall the suite
 METHODS = "gradcam,layercam"
@@ -301,8 +301,8 @@ def _driver(images: list[Path], out: Path, address: str | None) -> str:
     return textwrap.dedent(f"""
         import argparse, sys, time
         import camlens, camlens.cli, camlens.runner
-        from camlens.cli._common import CliError
-        from camlens.runner._local import run_explain
+        from camlens.cli._args import CliError
+        from camlens.runner._explain import run_explain
         assert "ray" not in sys.modules, "import camlens imported ray"
         start = time.perf_counter()
         try:

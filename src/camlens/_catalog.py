@@ -15,6 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# --method groups: name -> what it holds (the runner expands them)
+METHOD_GROUPS = {
+    "all": "every method but the heavy ones (and those that cannot apply to the model)",
+    "heavy": "rise, sscam, iscam: thousands of forwards per image",
+    "everything": "all and heavy",
+}
+
+
 # The one order in which methods are listed, run and drawn when no order is asked for
 # (`camlens methods`, the groups `all`, `heavy` and `everything`, the page's list,
 # ``compare(methods=None)``): the best known first, as a reader of the papers and of

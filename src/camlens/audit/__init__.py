@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._messages import Sink, sink_or_log
+from ..runner import run
+from ..runner._setup import path_items
 from ._collect import State, build_result, image_record, records
 from ._inputs import (
     check_args,
@@ -65,6 +68,7 @@ def audit(
     device: str = "auto",
     progress: str = "never",
     restart: bool = False,
+    message: Sink | None = None,
 ) -> AuditResult:
     """Audit where a model's maps rest, class by class, over a folder of images.
 
@@ -93,13 +97,12 @@ def audit(
       longer goes with the class).
 
     Writes ``report.md``, ``report.html`` (self-contained), ``audit.csv``, ``audit.json``,
-    ``images.jsonl`` (one record per image) and ``thumbs/`` into ``out``.
+    ``images.jsonl`` (one record per image) and ``thumbs/`` into ``out``. Notes go to
+    ``message`` (a ``Callable[[str], None]``; by default the ``camlens`` logger).
     """
-    from ..cli._common import path_items, say
-    from ..runner import run
-
     method = check_args(method, min_images, z, ratio, floor, worst, tolerance, border,
                         batch_size)
+    message = sink_or_log(message)
     items = path_items(paths)
     out = Path(out)
     check_out(out, items)
@@ -108,12 +111,12 @@ def audit(
     mask_map = read_masks(masks)
     truth_map, truth_kind = read_truth(truth, names)
     for note in check_named(items, ann, mask_map, truth_map):
-        say(note)  # as the runner's notes
+        message(note)  # as the runner's notes
     base = read_baseline(baseline)
     summary = run(items, out / RUN_FOLDER, model=the_model, preprocess=pre, labels=names,
                   method=method, layer=layer, save="shards", batch_size=batch_size,
                   device="auto" if isinstance(model, str) else device, progress=progress,
-                  restart=restart)
+                  restart=restart, message=message)
     folder = out / RUN_FOLDER
     roots = [Path(p) for p in items]
     settings = {"tolerance": tolerance, "border": border}

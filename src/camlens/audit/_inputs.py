@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runner._setup import model_spec, object_labels, object_preprocess
 from ._result import AuditResult
 
 
@@ -71,16 +72,9 @@ def load(model: Any, weights: str | None, trust: bool, preprocess: Any,
     if not isinstance(model, str):
         if weights is not None:
             raise ValueError("weights= goes with a model spec; a model object has its weights")
-        from ..cli._common import CliError, object_labels, object_preprocess
-
-        try:
-            pre = object_preprocess(preprocess)
-            names = object_labels(model, pre, labels)
-        except CliError as err:
-            raise ValueError(str(err)) from None
+        pre = object_preprocess(preprocess)
+        names = object_labels(model, pre, labels)
         return model, pre, names
-    from ..cli._common import model_spec
-
     model_spec(model, labels)  # a spec: labels= is refused
     keras = model.startswith("keras:") or model.lower().endswith((".keras", ".h5", ".hdf5"))
     if keras and "keras" not in sys.modules:

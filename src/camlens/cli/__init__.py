@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     model_options(d, DEFAULT_MODEL)
     _picture_options(d)
     d.set_defaults(func=_cmd_demo, target="top1", layer=None, counterfactual=False, option=None,
-                   save="overlay,grid,npy", restart=False, engine="local", address=None)
+                   save="overlay,grid,npy", restart=False, engine="local", address=None,
+                   actors=None)
 
     ev = sub.add_parser("evaluate", help="score methods' maps: a methods x metrics table")
     ev.add_argument("paths", nargs="+", metavar="IMAGES")
@@ -211,8 +212,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(
             "the demo photos come from scikit-image: pip install 'camlens[demo]'"
         ) from None
+    from ..runner._files import output_folder
     from ..viz import save_image
-    from ._common import output_folder
 
     out = output_folder(args.out)
     folder = out / "images"

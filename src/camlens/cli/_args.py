@@ -7,13 +7,8 @@ import argparse
 import logging
 import sys
 
-from .._catalog import PREPROCESSING
-
-METHOD_GROUPS = {
-    "all": "every method but the heavy ones (and those that cannot apply to the model)",
-    "heavy": "rise, sscam, iscam: thousands of forwards per image",
-    "everything": "all and heavy",
-}
+from .._catalog import METHOD_GROUPS, PREPROCESSING  # noqa: F401  (METHOD_GROUPS re-exported)
+from .._errors import UsageError
 
 # camlens evaluate's metrics: name -> True where higher is better
 EVAL_METRICS = {
@@ -24,8 +19,7 @@ EVAL_METRICS = {
 QUICK_METRICS = ("deletion", "insertion", "average_drop", "increase")
 
 
-class CliError(Exception):
-    """A usage problem: printed as one line, exit code 2."""
+CliError = UsageError  # a usage problem: printed as one line, exit code 2
 
 
 def positive(text: str) -> int:

@@ -58,7 +58,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit; print the flagged classes and the per-class table. Exit code 1 when
     an image could not be used, 0 otherwise (a flag is a finding, not an error)."""
     from ..audit import audit
-    from ._common import say
+    from ._args import say
 
     if args.worst < 0:
         raise CliError(f"--worst must be 0 or more, got {args.worst}")
@@ -69,7 +69,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             layer=args.layer, annotations=args.annotations, masks=args.masks,
             truth=args.truth, min_images=args.min_images, z=args.z, ratio=args.ratio,
             worst=args.worst, baseline=args.baseline, batch_size=args.batch_size,
-            device=args.device, progress=args.progress, restart=args.restart,
+            device=args.device, progress=args.progress, restart=args.restart, message=say,
         )
     except (ValueError, TypeError, ImportError) as err:
         raise CliError(str(err)) from None

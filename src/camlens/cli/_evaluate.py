@@ -16,20 +16,11 @@ from .._errors import unknown_choice
 from .._explainer import compare
 from .._guard import ModelGuard
 from .._scorer import time_forward
-from ._args import EVAL_METRICS, QUICK_METRICS
-from ._common import (
-    CliError,
-    Run,
-    collect,
-    decode,
-    duration,
-    load,
-    model_fingerprint,
-    output_folder,
-    parse_methods,
-    say,
-    show_progress,
-)
+from ..runner._files import Run, collect, decode, output_folder, show_progress
+from ..runner._index import INDEX, RunFolderError, RunIndex
+from ..runner._local import IndexedRun, remaining
+from ..runner._setup import duration, load, model_fingerprint, parse_methods
+from ._args import EVAL_METRICS, QUICK_METRICS, CliError, say
 
 BOX_METRICS = ("pointing_game", "energy_pointing_game", "localization_error")
 QUICK_STEP, FULL_STEP = 0.05, 0.01  # deletion / insertion: share of the pixels per step
@@ -39,7 +30,6 @@ ROAD_PERCENTILES = 9
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Scores streamed into ``index.jsonl`` (resumable like ``explain``), then the tables."""
     from .._annotations import load_annotations
-    from ..runner._index import RunFolderError, RunIndex
 
     methods = parse_methods(args.method, args.option)
     chosen = parse_metrics("all" if args.full else args.metric, args.annotations is not None)
@@ -49,7 +39,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             annotations = load_annotations(args.annotations)
         except ValueError as err:
             raise CliError(str(err)) from None
-    found = collect(args.paths, Run(), out=args.out)
+    found = collect(args.paths, Run(message=say), out=args.out)
     if annotations and found:
         _check_matches(annotations, found)
     model, preprocess, labels, layer, device = load(args)
@@ -83,12 +73,10 @@ def _evaluate(args: argparse.Namespace, index: Any, methods: Any, chosen: list[s
     from tqdm import tqdm
 
     from .. import metrics as M
-    from ..runner._index import INDEX
-    from ..runner._local import IndexedRun, remaining
     from ..viz import DEFAULT_MAX_PIXELS, atomic_write
 
     side = preprocess.crop
-    run = IndexedRun(index)
+    run = IndexedRun(index, say)
     files = remaining(args.paths, run)
     show = show_progress(args.progress)
     bar = None

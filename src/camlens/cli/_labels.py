@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._catalog import DEFAULT_MODEL
-from ._args import CliError, model_options, positive
+from ._args import CliError, model_options, positive, say
 
 
 def _fraction(text: str) -> float:
@@ -74,7 +74,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
     from ..labels import label_folder
 
     try:
-        code, _ = label_folder(args)
+        code, _ = label_folder(args, say)
     except ValueError as err:
         raise CliError(str(err)) from None
     return code

@@ -27,6 +27,8 @@ from typing import Any
 
 # also importable from here, as when labels was one module: the folder run behind
 # `camlens labels` (camlens.cli._labels), the mask values and the methods that gave maps
+from .._messages import Sink, sink_or_log
+from ..runner._setup import model_spec, path_items
 from ._folder import good_methods as good_methods
 from ._folder import label_folder
 from ._inputs import ClassSet
@@ -69,6 +71,7 @@ def make_labels(
     device: str = "auto",
     max_pixels: int | None = None,
     progress: str = "never",
+    message: Sink | None = None,
 ) -> dict[str, Any]:
     """Pseudo-label masks and weak boxes for every image of ``paths`` (files and folders).
 
@@ -100,10 +103,9 @@ def make_labels(
     its class names and ``preprocess`` a convention name or a
     :class:`camlens.models.Preprocess`), as in :func:`camlens.run`. Returns the summary
     written to ``labels.json`` and its ``exit_code`` (1 when an image or a named method
-    failed: those are listed and skipped, the others written).
+    failed: those are listed and skipped, the others written). Notes go to ``message`` (a
+    ``Callable[[str], None]``; by default the ``camlens`` logger).
     """
-    from ..cli._common import CliError, model_spec, path_items
-
     items = path_items(paths)
     given, model = model_spec(model, labels)
     if classes is not None and not isinstance(classes, str):
@@ -121,9 +123,6 @@ def make_labels(
         weights=weights, trust_model=trust_model, preprocess=preprocess,
         batch_size=batch_size, device=device, max_pixels=max_pixels, progress=progress,
     )
-    try:
-        code, summary = label_folder(args)
-    except CliError as err:
-        raise ValueError(str(err)) from None
+    code, summary = label_folder(args, sink_or_log(message))
     summary["exit_code"] = code  # 1 when an image or a named method failed, as camlens.run
     return summary

@@ -11,31 +11,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._errors import UsageError
 from .._explainer import compare
+from .._messages import Sink, to_log
 from ..metrics import _from_confusion
+from ..runner._files import (
+    Run,
+    collect,
+    decode,
+    inside,
+    output_folder,
+    output_names,
+    show_progress,
+)
+from ..runner._setup import load, parse_methods, print_plan
 from ._inputs import ClassSet, _label_set, _parse_band, _present_classes
 from ._rule import _band, _label_image
 from ._writers import coco_json, save_voc_png
 
 
-def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
-    """``camlens labels`` and :func:`make_labels`: returns (exit code, summary)."""
+def label_folder(args: argparse.Namespace, message: Sink = to_log) -> tuple[int, dict[str, Any]]:
+    """``camlens labels`` and :func:`make_labels`: returns (exit code, summary); notes go
+    to ``message``."""
     from .. import __version__
     from .._annotations import load_classes, load_masks, match_keys
-    from ..cli._common import (
-        CliError,
-        Run,
-        collect,
-        decode,
-        inside,
-        load,
-        output_folder,
-        output_names,
-        parse_methods,
-        print_plan,
-        say,
-        show_progress,
-    )
     from ..viz import DEFAULT_MAX_PIXELS, atomic_write
 
     methods = parse_methods(args.method, args.option)
@@ -43,9 +42,9 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     try:
         lo, hi = _band(args.bg_threshold, band)
     except ValueError as err:
-        raise CliError(str(err)) from None
+        raise UsageError(str(err)) from None
     if not 0 <= args.box_threshold <= 1:
-        raise CliError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
+        raise UsageError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
     model, preprocess, names, layer, device = load(args)
     chosen = _label_set(args.classes, names)
     position = {c: k for k, c in enumerate(chosen)}
@@ -54,28 +53,28 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         try:
             given = load_classes(args.annotations, names)
         except ValueError as err:
-            raise CliError(str(err)) from None
+            raise UsageError(str(err)) from None
     truth: dict[str, np.ndarray] | None = None
     if args.true_masks:
         try:
             truth = load_masks(args.true_masks)
         except ValueError as err:
-            raise CliError(str(err)) from None
-    run = Run()
+            raise UsageError(str(err)) from None
+    run = Run(message=message)
     files = collect(args.paths, run, out=args.out)
     if given is not None:
         try:
             note = match_keys("annotations", given, {f[0].name for f in files}, "file name")
         except ValueError as err:
-            raise CliError(str(err)) from None
+            raise UsageError(str(err)) from None
         if note:
-            say(note)
+            message(note)
     out = output_folder(args.out)
     stems = output_names(files)
     source = (f"annotations {args.annotations}" if given is not None else
               "predictions: classes with sigmoid > 0.5" if args.multilabel else
               "predictions: the top-1 class (softmax), when it is one of the classes")
-    say(f"classes from {source}")
+    message(f"classes from {source}")
     show = show_progress(args.progress)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     boxes: dict[str, list[list[Any]]] = {m: [] for m in methods.names}
@@ -115,7 +114,7 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             nonlocal planned
             if not planned:
                 planned = True
-                print_plan(rows, n, len(files))
+                print_plan(rows, n, len(files), message)
 
         try:
             result = compare(model, x, live, layer, ClassSet(index), normalize=False,
@@ -126,7 +125,7 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
                 run.fail(files[i][1], str(err))
             bar.update(len(loaded))
             continue
-        methods.record(result)
+        methods.record(result, message)
         layer_names = list(result.layer_names or layer_names)
         good = {m: v for m, v in result.items() if not isinstance(v, Exception)}
         for b, (i, rgb, _) in enumerate(loaded):
@@ -145,7 +144,7 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
                 elif mask_truth.shape != (height, width_px):
                     entry["true_mask"] = (f"size {mask_truth.shape[1]}x{mask_truth.shape[0]} "
                                           f"is not the image's {width_px}x{height}")
-                    say(f"{shown}: true mask {entry['true_mask']}; not scored")
+                    message(f"{shown}: true mask {entry['true_mask']}; not scored")
                     mask_truth = None
             try:
                 made = _label_image(good, b, present[b], crop, height, width_px, lo, hi,
@@ -205,11 +204,11 @@ def label_folder(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         summary["scored_images"] = len(scored)
         missing = sum(1 for e in entries if e.get("true_mask") == "missing")
         if missing:
-            say(f"{missing} image(s) have no true mask in {args.true_masks}; not scored")
+            message(f"{missing} image(s) have no true mask in {args.true_masks}; not scored")
         for method, score in summary["miou"].items():
-            say(f"{method}: mIoU {score['miou']} % over {len(scored)} image(s)")
+            message(f"{method}: mIoU {score['miou']} % over {len(scored)} image(s)")
     atomic_write(inside(out, "labels.json"), json.dumps(summary, indent=1).encode("utf-8"))
-    say(f"labelled {len(entries)} image(s) into {out}")
+    message(f"labelled {len(entries)} image(s) into {out}")
     failed = bool(run.errors) or bool(methods.failed)
     return (1 if failed else 0), summary
 
