@@ -17,7 +17,7 @@ import torch
 
 from .. import methods as _methods  # noqa: F401  (registers camlens's methods)
 from .._catalog import METHOD_GROUPS
-from .._errors import UsageError, closest, unknown_choice
+from .._errors import CamlensError, UsageError, closest, unknown_choice
 from .._layers import resolve_layers
 from .._messages import Sink, to_log
 from .._registry import available_methods, create_method, method_class
@@ -60,6 +60,8 @@ def load(args: ModelSettings) -> tuple[torch.nn.Module, Any, list[str], Any, tor
             model = check_model(given)
             preprocess = object_preprocess(args.preprocess)
             labels = object_labels(model, preprocess, getattr(args, "labels", None))
+    except CamlensError:  # already camlens's own (a crop too small for the model, ...)
+        raise
     except (ValueError, ImportError, TypeError) as err:
         raise UsageError(str(err)) from None
     if args.layer:
