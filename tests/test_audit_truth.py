@@ -13,7 +13,7 @@ from test_audit import dataset, parser, photos, run_audit  # noqa: F401  (fixtur
 from camlens._annotations import match_keys
 from camlens.cli._args import CliError, say
 from camlens.cli._audit import cmd_audit
-from camlens.cli._evaluate import _check_matches
+from camlens.runner._files import check_matches
 
 
 def test_match_keys_counts_and_names_the_first_few():
@@ -74,11 +74,11 @@ def test_command_says_it_too(photos, tmp_path, capfd):  # noqa: F811
 
 def test_evaluate_says_which_annotations_name_no_image(tmp_path, capfd):
     files = [(tmp_path / "a.png", "a.png", "a"), (tmp_path / "b.png", "b.png", "b")]
-    _check_matches({"a.png": [], "c.png": []}, files)
+    check_matches({"a.png": [], "c.png": []}, files, say)
     assert ("camlens: 1 of the 2 entries in the annotations name no image (they are keyed by "
             "file name) and are left out: c.png") in capfd.readouterr().err
     with pytest.raises(CliError, match=r"the annotations name none of the 2 image"):
-        _check_matches({"c.png": []}, files)
+        check_matches({"c.png": []}, files, say)
 
 
 def test_labels_says_which_annotations_name_no_image(tmp_path, capfd):

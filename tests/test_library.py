@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch  # noqa: F401  (the Tiny model below is built from source with exec)
 
 import camlens
 from camlens.models import preprocessing
@@ -142,3 +143,61 @@ def test_the_command_line_maps_a_usage_error_to_exit_code_2(folder, tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("camlens: error: unknown class name 'notaclass'")
     assert len(done.stderr.splitlines()) == 1
+
+
+def _evaluate(folder, out, **kw):
+    return camlens.evaluate_folder(folder, out, model=Tiny(),
+                                   preprocess=preprocessing("unit", 32), labels=["a", "b", "c"],
+                                   **{"method": "gradcam", **kw})
+
+
+def test_evaluate_folder_returns_its_tables_built_in_memory(folder, tmp_path, capsys):
+    import json
+
+    notes: list[str] = []
+    out = tmp_path / "eval"
+    result = _evaluate(folder, out, metric="deletion,insertion", message=notes.append)
+    assert isinstance(result, camlens.EvaluationResult)
+    on_disk = json.loads((out / "evaluation.json").read_text("utf-8"))
+    assert result.summary == on_disk
+    assert dict(result) == {**on_disk, "exit_code": 0}
+    assert (result.images, result.failed, result.exit_code) == (3, 0, 0)
+    assert result.methods == ["gradcam"] and result.out == out
+    assert result.table + "\n" == (out / "evaluation.md").read_text("utf-8")
+    assert result.table.splitlines()[0] == \
+        "| method | deletion (lower better) | insertion (higher better) |"
+    scores = [r["results"]["gradcam"] for r in camlens.read_index(out)]
+    for metric in ("deletion", "insertion"):  # the means of the index's per-image values
+        mean = sum(s[metric] for s in scores) / len(scores)
+        assert result.results[0][metric] == pytest.approx(mean, rel=1e-12)
+    assert capsys.readouterr().err == ""  # every note went to the sink
+    assert notes[-1] == f"evaluated 3 image(s) with 1 method(s); tables in {out}"
+    assert any(n.startswith("plan: 3 image(s) x 1 method(s) x 2 metric(s)") for n in notes)
+
+
+@pytest.mark.parametrize("change, text", [
+    ({"metric": "deletionn"}, "unknown metric 'deletionn'"),
+    ({"metric": "pointing_game"}, "pointing_game needs object boxes"),
+    ({"method": "gradcan"}, "unknown method 'gradcan'"),
+])
+def test_evaluate_folder_raises_usage_errors_before_the_folder_is_touched(folder, tmp_path,
+                                                                          change, text):
+    with pytest.raises(camlens.UsageError, match=text):
+        _evaluate(folder, tmp_path / "eval", **change)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_folder_imports_no_command_line_code(folder, tmp_path):
+    code = "import sys, torch, camlens\nfrom camlens.models import preprocessing\n" + TINY + \
+        textwrap.dedent(f"""
+        result = camlens.evaluate_folder({str(folder)!r}, {str(tmp_path / 'eval')!r},
+                                         model=Tiny(), preprocess=preprocessing("unit", 32),
+                                         method="gradcam", metric="average_drop")
+        print(result.images, result.exit_code, result.methods)
+        print(sorted(m for m in sys.modules if m.startswith("camlens.cli")))
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["3 0 ['gradcam']", "[]"]
+    assert done.stderr == ""

@@ -23,6 +23,7 @@ if typing.TYPE_CHECKING:
     from ._registry import available_methods, describe, register_method
     from ._validate import InputTooSmallError
     from .audit import AuditResult, audit
+    from .evaluation import EvaluationResult, EvaluationSpec, evaluate_folder
     from .models import load_model
     from .runner import RunFolderError, RunResult, RunSpec, read_index, read_maps, run
     from .targets import (
@@ -45,6 +46,8 @@ _API: dict[str, tuple[str, str | None]] = {
     "BoxTarget": ("targets", "BoxTarget"),
     "CamlensError": ("_errors", "CamlensError"),
     "ClassTarget": ("targets", "ClassTarget"),
+    "EvaluationResult": ("evaluation", "EvaluationResult"),
+    "EvaluationSpec": ("evaluation", "EvaluationSpec"),
     "Explainer": ("_explainer", "Explainer"),
     "ImageError": ("viz._image", "ImageError"),
     "InputTooSmallError": ("_validate", "InputTooSmallError"),
@@ -62,6 +65,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "boxes": ("_derive", "boxes"),
     "compare": ("_explainer", "compare"),
     "describe": ("_registry", "describe"),
+    "evaluate_folder": ("evaluation", "evaluate_folder"),
     "explain": ("_explainer", "explain"),
     "load_model": ("models", "load_model"),
     "masks": ("_derive", "masks"),
@@ -120,6 +124,8 @@ __all__ = [
     "BoxTarget",
     "CamlensError",
     "ClassTarget",
+    "EvaluationResult",
+    "EvaluationSpec",
     "Explainer",
     "ImageError",
     "InputTooSmallError",
@@ -138,6 +144,7 @@ __all__ = [
     "boxes",
     "compare",
     "describe",
+    "evaluate_folder",
     "explain",
     "load_model",
     "masks",

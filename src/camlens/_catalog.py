@@ -46,6 +46,15 @@ def ordered(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
 
+# camlens evaluate's metrics: name -> True where higher is better
+EVAL_METRICS = {
+    "deletion": False, "insertion": True, "average_drop": False, "increase": True,
+    "road_morf": False, "road_lerf": True, "pointing_game": True,
+    "energy_pointing_game": True, "localization_error": False,
+}
+QUICK_METRICS = ("deletion", "insertion", "average_drop", "increase")
+EVAL_METHODS = "gradcam,gradcam++,layercam,hirescam,eigencam"  # evaluate's default
+
 DEFAULT_MODEL = "efficientnet-lite0"
 
 # (spec, description) of the model specs ``camlens.load_model`` understands.

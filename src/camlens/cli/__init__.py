@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from .._catalog import DEFAULT_MODEL, MODEL_SPECS, method_listing
+from .._catalog import DEFAULT_MODEL, EVAL_METHODS, MODEL_SPECS, method_listing
 from ._app import add_parser as _add_app_parser
 from ._args import (
     EVAL_METRICS,
@@ -34,7 +34,6 @@ DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 # (xgradcam, hirescam and cam equal gradcam there: its layer feeds GAP + one linear layer)
 DEMO_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "guided-gradcam",
                 "guided-backprop")
-EVAL_METHODS = "gradcam,gradcam++,layercam,hirescam,eigencam"
 
 __all__ = ["main"]
 

@@ -7,17 +7,13 @@ import argparse
 import logging
 import sys
 
-from .._catalog import METHOD_GROUPS, PREPROCESSING  # noqa: F401  (METHOD_GROUPS re-exported)
+from .._catalog import (  # noqa: F401  (METHOD_GROUPS and the metrics re-exported)
+    EVAL_METRICS,
+    METHOD_GROUPS,
+    PREPROCESSING,
+    QUICK_METRICS,
+)
 from .._errors import UsageError
-
-# camlens evaluate's metrics: name -> True where higher is better
-EVAL_METRICS = {
-    "deletion": False, "insertion": True, "average_drop": False, "increase": True,
-    "road_morf": False, "road_lerf": True, "pointing_game": True,
-    "energy_pointing_game": True, "localization_error": False,
-}
-QUICK_METRICS = ("deletion", "insertion", "average_drop", "increase")
-
 
 CliError = UsageError  # a usage problem: printed as one line, exit code 2
 

@@ -17,6 +17,7 @@ from .._messages import Sink, to_log
 from ..metrics import _from_confusion
 from ..runner._files import (
     Run,
+    check_matches,
     collect,
     decode,
     inside,
@@ -34,7 +35,7 @@ def label_folder(args: argparse.Namespace, message: Sink = to_log) -> tuple[int,
     """``camlens labels`` and :func:`make_labels`: returns (exit code, summary); notes go
     to ``message``."""
     from .. import __version__
-    from .._annotations import load_classes, load_masks, match_keys
+    from .._annotations import load_classes, load_masks
     from ..viz import DEFAULT_MAX_PIXELS, atomic_write
 
     methods = parse_methods(args.method, args.option)
@@ -63,12 +64,7 @@ def label_folder(args: argparse.Namespace, message: Sink = to_log) -> tuple[int,
     run = Run(message=message)
     files = collect(args.paths, run, out=args.out)
     if given is not None:
-        try:
-            note = match_keys("annotations", given, {f[0].name for f in files}, "file name")
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        if note:
-            message(note)
+        check_matches(given, files, message)
     out = output_folder(args.out)
     stems = output_names(files)
     source = (f"annotations {args.annotations}" if given is not None else

@@ -132,6 +132,21 @@ def _left_out(message: Sink, raw: str, what: str, names: Sequence[str], why: str
         message(f"{raw}: left out {len(names)} {what} ({shown}{more}){why}")
 
 
+def check_matches(annotations: dict[str, Any], files: Sequence[tuple[Path, str, str]],
+                  message: Sink = to_log) -> None:
+    """Annotations (keyed by file name) that name none of the images are a mistake, not an
+    empty result (a :class:`UsageError`); those that name no image are told to ``message``
+    (how many, which)."""
+    from .._annotations import match_keys
+
+    try:
+        note = match_keys("annotations", annotations, {f[0].name for f in files}, "file name")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if note:
+        message(note)
+
+
 def camlens_output(folder: Path, own: Path | None = None) -> str | None:
     """Which camlens output ``folder`` is (a phrase for the user), or None for any other
     folder: the running command's output folder ``own``, or one holding an earlier run

@@ -56,17 +56,14 @@ class RunSpec:
 
 
 @dataclass
-class RunResult(Mapping[str, Any]):
-    """What a run did, built in memory: the images done and failed (of the whole folder,
-    resumed parts included), the methods that ran, failed or were skipped, the layer and
-    the output folder. ``summary`` is what ``summary.json`` holds; the result reads as that
-    dict too (``result["images"]``), with ``exit_code`` (1 if an image or a method failed)."""
+class Outcome(Mapping[str, Any]):
+    """What a command over files did, built in memory: its output folder, ``summary`` (what
+    the command writes as its summary file) and ``exit_code`` (1 if an image or a method
+    failed). It reads as that dict too (``result["images"]``, ``result["exit_code"]``)."""
 
     out: Path
     summary: dict[str, Any]
     exit_code: int
-    finished: int = 0  # images explained by this call (the rest were done before)
-    errors: list[dict[str, str]] = field(default_factory=list)  # this call's skipped images
 
     @property
     def images(self) -> int:
@@ -75,14 +72,6 @@ class RunResult(Mapping[str, Any]):
     @property
     def failed(self) -> int:
         return int(self.summary["failed"])
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self.summary["methods"])
-
-    @property
-    def layer(self) -> list[str]:
-        return list(self.summary["layer"])
 
     def _items(self) -> dict[str, Any]:
         return {**self.summary, "exit_code": self.exit_code}
@@ -95,3 +84,22 @@ class RunResult(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._items())
+
+
+@dataclass
+class RunResult(Outcome):
+    """What a run did, built in memory: the images done and failed (of the whole folder,
+    resumed parts included), the methods that ran, failed or were skipped, the layer and
+    the output folder. ``summary`` is what ``summary.json`` holds; the result reads as that
+    dict too (``result["images"]``), with ``exit_code`` (1 if an image or a method failed)."""
+
+    finished: int = 0  # images explained by this call (the rest were done before)
+    errors: list[dict[str, str]] = field(default_factory=list)  # this call's skipped images
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.summary["methods"])
+
+    @property
+    def layer(self) -> list[str]:
+        return list(self.summary["layer"])
