@@ -201,3 +201,19 @@ def test_evaluate_folder_imports_no_command_line_code(folder, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["3 0 ['gradcam']", "[]"]
     assert done.stderr == ""
+
+
+def test_a_run_takes_its_typed_spec_and_leaves_it_as_it_was(folder, tmp_path):
+    import argparse
+
+    from camlens.runner._explain import explain_files
+
+    spec = camlens.RunSpec(paths=[str(folder)], out=str(tmp_path / "out"), model="Tiny",
+                           model_object=Tiny(), preprocess=preprocessing("unit", 32),
+                           labels=["a", "b", "c"], save="npy")
+    assert isinstance(spec, camlens.runner.ModelSettings)
+    result = explain_files(spec)
+    assert (result.images, result.exit_code) == (3, 0)
+    assert spec.save == "npy"  # the run read it, the caller's spec is unchanged
+    with pytest.raises(TypeError, match="explain_files takes a RunSpec, got Namespace"):
+        explain_files(argparse.Namespace(**vars(spec)))

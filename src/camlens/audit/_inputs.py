@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,38 @@ import numpy as np
 
 from ..runner._setup import model_spec, object_labels, object_preprocess
 from ._result import AuditResult
+
+
+@dataclass
+class AuditSpec:
+    """Everything an audit needs: what :func:`camlens.audit` takes and ``camlens audit``
+    parses (see :func:`camlens.audit` for each field). ``model`` is a spec or a model
+    object: the audit loads a spec itself, once, to read its class names."""
+
+    paths: Sequence[Any]
+    out: Path = Path("camlens-audit")
+    model: Any = "efficientnet-lite0"
+    weights: str | None = None
+    trust_model: bool = False
+    preprocess: Any = None
+    labels: Sequence[str] | None = None
+    method: str = "gradcam"
+    layer: str | None = None
+    annotations: Any = None
+    masks: Any = None
+    truth: Any = None
+    min_images: int = 10
+    z: float = 3.0
+    ratio: float = 0.8
+    floor: float = 0.05
+    worst: int = 8
+    tolerance: int | None = None
+    border: float = 0.1
+    baseline: Any = None
+    batch_size: int = 8
+    device: str = "auto"
+    progress: str = "never"
+    restart: bool = False
 
 
 def check_args(method: str, min_images: int, z: float, ratio: float, floor: float,

@@ -32,7 +32,7 @@ from ..runner._files import Run, check_matches, collect, decode, output_folder, 
 from ..runner._index import INDEX, RunIndex
 from ..runner._local import IndexedRun, remaining
 from ..runner._setup import Methods, load, model_fingerprint, model_spec, parse_methods, path_items
-from ..runner._spec import Outcome
+from ..runner._spec import ModelSettings, Outcome
 from . import _tables
 from ._scores import (
     BOX_METRICS,
@@ -48,30 +48,23 @@ __all__ = ["EvaluationResult", "EvaluationSpec", "evaluate_folder"]
 
 
 @dataclass
-class EvaluationSpec:
+class EvaluationSpec(ModelSettings):
     """Everything an evaluation over files needs: what :func:`evaluate_folder` takes and
-    ``camlens evaluate`` parses (see :func:`evaluate_folder` for each field)."""
+    ``camlens evaluate`` parses (see :func:`evaluate_folder` for each field; the model's
+    are those of :class:`camlens.runner.ModelSettings`)."""
 
     paths: Sequence[str]
     out: str = "camlens-eval"
-    model: str = "efficientnet-lite0"  # a spec, or the class name of ``model_object``
     method: str = EVAL_METHODS
     metric: str = "quick"
     full: bool = False
     annotations: str | None = None
-    layer: str | None = None
     step: int | None = None
     options: Sequence[str] = ()  # "[METHOD.]NAME=VALUE"
-    weights: str | None = None
-    trust_model: bool = False
-    preprocess: Any = None
     batch_size: int = 8
-    device: str = "auto"
     max_pixels: int | None = None
     progress: str = "never"
     restart: bool = False
-    model_object: Any = None  # a model handed as an object (then ``model`` names its class)
-    labels: Sequence[str] | None = None  # the class names of ``model_object``
 
 
 @dataclass

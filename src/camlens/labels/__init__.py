@@ -20,7 +20,6 @@ image), ``_folder`` (the batch loop over a folder), and this module (:func:`make
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 # `camlens labels` (camlens.cli._labels), the mask values and the methods that gave maps
 from .._messages import Sink, sink_or_log
 from ..runner._setup import model_spec, path_items
+from ._folder import LabelsSpec as LabelsSpec
 from ._folder import good_methods as good_methods
 from ._folder import label_folder
 from ._inputs import ClassSet
@@ -113,16 +113,16 @@ def make_labels(
     band = None
     if ignore_band is not None:
         band = ",".join(str(v) for v in ignore_band)
-    args = argparse.Namespace(
+    spec = LabelsSpec(
         model_object=given, labels=labels, paths=[str(p) for p in items], out=str(out),
         model=model, method=method, layer=layer, classes=classes,
         annotations=None if annotations is None else str(annotations),
         multilabel=multilabel, bg_threshold=bg_threshold, ignore_band=band,
         box_threshold=box_threshold,
-        true_masks=None if true_masks is None else str(true_masks), option=list(options),
+        true_masks=None if true_masks is None else str(true_masks), options=list(options),
         weights=weights, trust_model=trust_model, preprocess=preprocess,
         batch_size=batch_size, device=device, max_pixels=max_pixels, progress=progress,
     )
-    code, summary = label_folder(args, sink_or_log(message))
+    code, summary = label_folder(spec, sink_or_log(message))
     summary["exit_code"] = code  # 1 when an image or a named method failed, as camlens.run
     return summary

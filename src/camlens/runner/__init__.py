@@ -16,9 +16,10 @@ from .._messages import Sink
 from ._explain import explain_files
 from ._index import RunFolderError, read_index, read_maps
 from ._setup import model_spec, path_items
-from ._spec import RunResult, RunSpec
+from ._spec import ModelSettings, RunResult, RunSpec
 
-__all__ = ["RunFolderError", "RunResult", "RunSpec", "read_index", "read_maps", "run"]
+__all__ = ["ModelSettings", "RunFolderError", "RunResult", "RunSpec", "read_index", "read_maps",
+           "run"]
 
 
 def run(

@@ -3,8 +3,8 @@ output folder and its index, the engine (:mod:`._local` or :mod:`._ray`), the su
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
 
 from .. import __version__
 from .._errors import UsageError, unknown_choice
@@ -16,7 +16,7 @@ from ._setup import load, parse_methods, parse_target
 from ._spec import RunResult, RunSpec
 
 
-def explain_files(spec: RunSpec | Any, message: Sink | None = None) -> RunResult:
+def explain_files(spec: RunSpec, message: Sink | None = None) -> RunResult:
     """The dataset runner: decode (threads) -> one pass per batch -> pictures written by
     threads -> one index line per image, on this machine or on Ray (``spec.engine``).
 
@@ -28,7 +28,9 @@ def explain_files(spec: RunSpec | Any, message: Sink | None = None) -> RunResult
 
     from ..viz import DEFAULT_MAX_PIXELS, atomic_write, available_colormaps
 
-    spec = RunSpec.of(spec)
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"explain_files takes a RunSpec, got {type(spec).__name__}; build "
+                        "one with RunSpec(paths=[...], ...)")
     message = sink_or_log(message)
     if spec.engine not in ("local", "ray"):
         raise UsageError(f"engine must be 'local' or 'ray', got {spec.engine!r}")
@@ -39,7 +41,7 @@ def explain_files(spec: RunSpec | Any, message: Sink | None = None) -> RunResult
         raise UsageError(f"--alpha must be in [0, 1], got {spec.alpha}")
     if not 0 <= spec.threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], got {spec.threshold}")
-    spec.save = parse_save(spec.save)
+    spec = dataclasses.replace(spec, save=parse_save(spec.save))  # the caller's stays
     # usage errors first: the folder is touched only by a run that can start
     model, preprocess, labels, layer, device = load(spec)
     target = parse_target(spec.target, labels)
@@ -87,7 +89,7 @@ def explain_files(spec: RunSpec | Any, message: Sink | None = None) -> RunResult
                      finished=job.finished, errors=run.errors)
 
 
-def run_explain(spec: RunSpec | Any, message: Sink | None = None) -> int:
+def run_explain(spec: RunSpec, message: Sink | None = None) -> int:
     """:func:`explain_files`, answered with the run's exit code (1 if an image or a
     method failed, else 0)."""
     return explain_files(spec, message).exit_code

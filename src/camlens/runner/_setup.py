@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,18 +24,7 @@ from .._registry import available_methods, create_method, method_class
 from .._validate import check_input_size, check_model
 from ..models import load_model
 from ..targets import TopK
-
-
-class ModelSettings(Protocol):
-    """What :func:`load` and :func:`model_fingerprint` read of a run's description
-    (:class:`camlens.runner.RunSpec`, or a command's own settings with the same names)."""
-
-    model: str
-    weights: str | None
-    trust_model: bool
-    preprocess: Any
-    layer: str | None
-    device: str
+from ._spec import ModelSettings
 
 
 def load(args: ModelSettings) -> tuple[torch.nn.Module, Any, list[str], Any, torch.device]:
@@ -44,7 +33,7 @@ def load(args: ModelSettings) -> tuple[torch.nn.Module, Any, list[str], Any, tor
     ``args.model`` is a spec for :func:`load_model`; :func:`camlens.run` may instead hand
     a model object in ``args.model_object`` (with ``args.labels`` and ``args.preprocess``).
     """
-    given = getattr(args, "model_object", None)
+    given = args.model_object
     if given is None:
         keras = args.model.startswith("keras:") or args.model.lower().endswith(
             (".keras", ".h5", ".hdf5"))
@@ -59,7 +48,7 @@ def load(args: ModelSettings) -> tuple[torch.nn.Module, Any, list[str], Any, tor
         else:
             model = check_model(given)
             preprocess = object_preprocess(args.preprocess)
-            labels = object_labels(model, preprocess, getattr(args, "labels", None))
+            labels = object_labels(model, preprocess, args.labels)
     except CamlensError:  # already camlens's own (a crop too small for the model, ...)
         raise
     except (ValueError, ImportError, TypeError) as err:
@@ -155,12 +144,12 @@ def model_fingerprint(args: ModelSettings, methods: Methods) -> dict[str, Any]:
     import dataclasses
     import json
 
-    weights = getattr(args, "weights", None)
+    weights = args.weights
     stat = Path(weights).stat() if weights and Path(weights).is_file() else None
-    preprocess = getattr(args, "preprocess", None)
+    preprocess = args.preprocess
     if preprocess is not None and not isinstance(preprocess, str):
         preprocess = json.loads(json.dumps(dataclasses.asdict(preprocess)))
-    given = getattr(args, "model_object", None)
+    given = args.model_object
     return {
         "model": args.model if given is None else {"object": args.model,
                                                    "weights": model_digest(given)},

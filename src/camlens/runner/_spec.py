@@ -3,32 +3,42 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
+@dataclass(kw_only=True)
+class ModelSettings:
+    """The model of a command over files and where it runs: what
+    :func:`camlens.runner._setup.load` and the fingerprint of a resumable run read. Every
+    command's spec (:class:`RunSpec`, :class:`camlens.evaluation.EvaluationSpec`, the
+    labels' and the audit's) is one."""
+
+    model: str = "efficientnet-lite0"  # a spec, or the class name of ``model_object``
+    weights: str | None = None
+    trust_model: bool = False
+    preprocess: Any = None
+    layer: str | None = None
+    device: str = "auto"
+    model_object: Any = None  # a model handed as an object (then ``model`` names its class)
+    labels: Sequence[str] | None = None  # the class names of ``model_object``
+
+
 @dataclass
-class RunSpec:
+class RunSpec(ModelSettings):
     """Everything an ``explain`` run over files needs: what :func:`camlens.run` takes and
     ``camlens explain`` parses (see :func:`camlens.run` for each field)."""
 
     paths: Sequence[str]
     out: str = "camlens-out"
-    model: str = "efficientnet-lite0"  # a spec, or the class name of ``model_object``
     method: str = "gradcam"
-    layer: str | None = None
     target: str = "top1"
     counterfactual: bool = False
     save: str | Sequence[str] = "overlay,grid,npy"
     options: Sequence[str] = ()  # "[METHOD.]NAME=VALUE"
-    weights: str | None = None
-    trust_model: bool = False
-    preprocess: Any = None
     batch_size: int = 8
-    device: str = "auto"
     alpha: float = 0.5
     colormap: str = "jet"
     threshold: float = 0.2
@@ -39,20 +49,6 @@ class RunSpec:
     address: str | None = None
     actors: int | None = None
     threads: int | None = None
-    model_object: Any = None  # a model handed as an object (then ``model`` names its class)
-    labels: Sequence[str] | None = None  # the class names of ``model_object``
-
-    @classmethod
-    def of(cls, settings: Any) -> RunSpec:
-        """``settings`` as a ``RunSpec``: itself, or any object with these attributes
-        (``option`` is read as ``options``); the missing ones take their defaults."""
-        if isinstance(settings, cls):
-            return settings
-        given = dict(vars(settings))
-        if "option" in given and "options" not in given:
-            given["options"] = given.pop("option") or ()
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in given.items() if k in names})
 
 
 @dataclass
