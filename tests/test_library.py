@@ -217,3 +217,24 @@ def test_a_run_takes_its_typed_spec_and_leaves_it_as_it_was(folder, tmp_path):
     assert spec.save == "npy"  # the run read it, the caller's spec is unchanged
     with pytest.raises(TypeError, match="explain_files takes a RunSpec, got Namespace"):
         explain_files(argparse.Namespace(**vars(spec)))
+
+
+def test_make_labels_returns_a_result_built_in_memory(folder, tmp_path, capsys):
+    import json
+
+    from camlens.labels import LabelsResult, make_labels
+
+    notes: list[str] = []
+    result = make_labels(folder, tmp_path / "labels", model=Tiny(),
+                         preprocess=preprocessing("unit", 32), labels=["a", "b", "c"],
+                         method="gradcam", message=notes.append)
+    assert isinstance(result, LabelsResult)
+    on_disk = json.loads((tmp_path / "labels" / "labels.json").read_text("utf-8"))
+    assert result.summary == on_disk
+    assert dict(result) == {**on_disk, "exit_code": 0}
+    assert (result.images, result.failed, result.exit_code) == (3, 0, 0)
+    assert result.methods == ["gradcam"] and result.errors == [] and result.miou is None
+    assert sorted(r["masks"]["gradcam"] for r in result.records) == [
+        "gradcam/p0.png", "gradcam/p1.png", "gradcam/p2.png"]
+    assert capsys.readouterr().err == ""
+    assert notes[-1] == f"labelled 3 image(s) into {tmp_path / 'labels'}"

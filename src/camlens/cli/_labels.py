@@ -94,7 +94,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
     from ..labels import label_folder
 
     try:
-        code, _ = label_folder(labels_spec(args), say)
+        result = label_folder(labels_spec(args), say)
     except ValueError as err:
         raise CliError(str(err)) from None
-    return code
+    return result.exit_code

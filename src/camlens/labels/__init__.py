@@ -28,6 +28,7 @@ from typing import Any
 # `camlens labels` (camlens.cli._labels), the mask values and the methods that gave maps
 from .._messages import Sink, sink_or_log
 from ..runner._setup import model_spec, path_items
+from ._folder import LabelsResult as LabelsResult
 from ._folder import LabelsSpec as LabelsSpec
 from ._folder import good_methods as good_methods
 from ._folder import label_folder
@@ -72,7 +73,7 @@ def make_labels(
     max_pixels: int | None = None,
     progress: str = "never",
     message: Sink | None = None,
-) -> dict[str, Any]:
+) -> LabelsResult:
     """Pseudo-label masks and weak boxes for every image of ``paths`` (files and folders).
 
     Writes into ``out``: ``METHOD/STEM.png`` per image (single-channel palette PNGs, the VOC
@@ -101,10 +102,12 @@ def make_labels(
 
     ``model`` is a spec for :func:`camlens.load_model` or a model object (with ``labels``
     its class names and ``preprocess`` a convention name or a
-    :class:`camlens.models.Preprocess`), as in :func:`camlens.run`. Returns the summary
-    written to ``labels.json`` and its ``exit_code`` (1 when an image or a named method
+    :class:`camlens.models.Preprocess`), as in :func:`camlens.run`. Returns a
+    :class:`LabelsResult` built in memory: ``summary`` is what ``labels.json`` holds, and
+    the result reads as that dict with its ``exit_code`` (1 when an image or a named method
     failed: those are listed and skipped, the others written). Notes go to ``message`` (a
-    ``Callable[[str], None]``; by default the ``camlens`` logger).
+    ``Callable[[str], None]``; by default the ``camlens`` logger); bad settings raise
+    :class:`camlens.UsageError`.
     """
     items = path_items(paths)
     given, model = model_spec(model, labels)
@@ -123,6 +126,4 @@ def make_labels(
         weights=weights, trust_model=trust_model, preprocess=preprocess,
         batch_size=batch_size, device=device, max_pixels=max_pixels, progress=progress,
     )
-    code, summary = label_folder(spec, sink_or_log(message))
-    summary["exit_code"] = code  # 1 when an image or a named method failed, as camlens.run
-    return summary
+    return label_folder(spec, sink_or_log(message))

@@ -27,7 +27,7 @@ from ..runner._files import (
     show_progress,
 )
 from ..runner._setup import load, parse_methods, print_plan
-from ..runner._spec import ModelSettings
+from ..runner._spec import ModelSettings, Outcome
 from ._inputs import ClassSet, _label_set, _parse_band, _present_classes
 from ._rule import _band, _label_image
 from ._writers import coco_json, save_voc_png
@@ -55,9 +55,36 @@ class LabelsSpec(ModelSettings):
     progress: str = "never"
 
 
-def label_folder(spec: LabelsSpec, message: Sink = to_log) -> tuple[int, dict[str, Any]]:
-    """``camlens labels`` and :func:`make_labels`: returns (exit code, summary); notes go
-    to ``message``."""
+@dataclass
+class LabelsResult(Outcome):
+    """What weak labelling did, built in memory: ``summary`` is what ``labels.json`` holds
+    (the result reads as that dict too: ``result["images"]``, ``result["exit_code"]``),
+    ``exit_code`` 1 when an image or a named method failed."""
+
+    @property
+    def methods(self) -> list[str]:
+        """The methods whose masks and boxes were written."""
+        return list(self.summary["methods"])
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """One entry per labelled image: its file, size, classes and mask files."""
+        return list(self.summary["records"])
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        """The images skipped, with why."""
+        return list(self.summary["errors"])
+
+    @property
+    def miou(self) -> dict[str, Any] | None:
+        """Per method, the mIoU against ``true_masks`` (None without them)."""
+        return self.summary.get("miou")
+
+
+def label_folder(spec: LabelsSpec, message: Sink = to_log) -> LabelsResult:
+    """``camlens labels`` and :func:`make_labels`: the masks, boxes and ``labels.json``
+    written, the result returned; notes go to ``message``."""
     from .. import __version__
     from .._annotations import load_classes, load_masks
     from ..viz import DEFAULT_MAX_PIXELS, atomic_write
@@ -230,7 +257,7 @@ def label_folder(spec: LabelsSpec, message: Sink = to_log) -> tuple[int, dict[st
     atomic_write(inside(out, "labels.json"), json.dumps(summary, indent=1).encode("utf-8"))
     message(f"labelled {len(entries)} image(s) into {out}")
     failed = bool(run.errors) or bool(methods.failed)
-    return (1 if failed else 0), summary
+    return LabelsResult(out, summary, 1 if failed else 0)
 
 
 def good_methods(methods: Any) -> list[str]:
