@@ -238,3 +238,15 @@ def test_make_labels_returns_a_result_built_in_memory(folder, tmp_path, capsys):
         "gradcam/p0.png", "gradcam/p1.png", "gradcam/p2.png"]
     assert capsys.readouterr().err == ""
     assert notes[-1] == f"labelled 3 image(s) into {tmp_path / 'labels'}"
+
+
+@pytest.mark.parametrize("change, text", [
+    ({"method": "gradcm"}, "unknown method 'gradcm'"),
+    ({"method": "gradcam,layercam"}, "one method name"),
+    ({"truth": {"p0.png": "zebra"}}, "unknown class name 'zebra'"),
+])
+def test_the_audit_raises_usage_errors(folder, tmp_path, change, text):
+    with pytest.raises(camlens.UsageError, match=text):
+        camlens.audit(folder, tmp_path / "audit", model=Tiny(),
+                      preprocess=preprocessing("unit", 32), labels=["a", "b", "c"],
+                      **{"method": "gradcam", **change})

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._errors import UsageError
 from .._messages import Sink, sink_or_log
 from ..runner import run
 from ..runner._setup import path_items
@@ -152,10 +153,10 @@ def audit_folder(spec: AuditSpec, message: Sink | None = None) -> AuditResult:
     finally:
         tmp.unlink(missing_ok=True)
     if not state.images:
-        raise ValueError(f"no image of {', '.join(map(str, items))} was audited "
+        raise UsageError(f"no image of {', '.join(map(str, items))} was audited "
                          f"({state.failed} failed: see {folder / 'index.jsonl'})")
     if (ann or mask_map) and not state.annotated:
-        raise ValueError("the annotations name none of the audited images (boxes are keyed "
+        raise UsageError("the annotations name none of the audited images (boxes are keyed "
                          "by file name, masks by file stem); check the names")
     result = build_result(state, out, method, summary, names, truth_kind, base,
                           dict(min_images=spec.min_images, z=spec.z, ratio=spec.ratio,
