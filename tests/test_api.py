@@ -64,5 +64,5 @@ def test_metrics_and_labels_rooms_keep_their_names():
             for name in names:
                 where = f"{package.__name__}.{room}" if room else package.__name__
                 assert getattr(package, name).__module__ == where, name
-    assert M.derive_boxes is camlens.boxes  # camlens.cli._evaluate reads it as M.derive_boxes
+    assert M.derive_boxes is camlens.boxes  # camlens.evaluation reads it as M.derive_boxes
     assert (L.IGNORE, L.MAX_CLASSES) == (255, 254)

@@ -23,8 +23,8 @@ from torch import nn
 from camlens.audit import AuditResult, audit
 from camlens.audit._report import outline
 from camlens.audit._stats import Region, Totals, Worst, centres, map_stats, object_on_grid, outliers
+from camlens.cli._args import CliError
 from camlens.cli._audit import cmd_audit
-from camlens.cli._common import CliError
 from camlens.models import preprocessing
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 from test_audit import dataset, parser, photos, run_audit  # noqa: F401  (fixtures)
 
 from camlens._annotations import match_keys
+from camlens.cli._args import CliError, say
 from camlens.cli._audit import cmd_audit
-from camlens.cli._common import CliError
-from camlens.cli._evaluate import _check_matches
+from camlens.runner._files import check_matches
 
 
 def test_match_keys_counts_and_names_the_first_few():
@@ -32,7 +32,7 @@ def test_match_keys_counts_and_names_the_first_few():
 
 def test_audit_says_which_truth_entries_name_no_image(dataset, tmp_path, capfd):  # noqa: F811
     truth = {f"red{i}.png": "green" for i in range(3)} | {"gone.png": "red", "lost.png": 0}
-    result = run_audit(dataset, tmp_path / "a", truth=truth)
+    result = run_audit(dataset, tmp_path / "a", truth=truth, message=say)  # printed
     err = capfd.readouterr().err
     assert ("camlens: 2 of the 5 entries in the truth name no image (they are keyed by file "
             "name) and are left out: gone.png, lost.png") in err
@@ -49,7 +49,7 @@ def test_audit_says_which_annotations_and_masks_name_no_image(dataset, tmp_path,
     for f in (dataset / "masks").iterdir():
         (masks / f.name).write_bytes(f.read_bytes())
     Image.new("L", (40, 40)).save(masks / "phantom.png")
-    run_audit(dataset, tmp_path / "a", annotations=boxes, masks=masks)
+    run_audit(dataset, tmp_path / "a", annotations=boxes, masks=masks, message=say)
     err = capfd.readouterr().err
     assert ("1 of the 7 entries in the annotations name no image (they are keyed by file "
             "name) and are left out: ghost.png") in err
@@ -74,11 +74,11 @@ def test_command_says_it_too(photos, tmp_path, capfd):  # noqa: F811
 
 def test_evaluate_says_which_annotations_name_no_image(tmp_path, capfd):
     files = [(tmp_path / "a.png", "a.png", "a"), (tmp_path / "b.png", "b.png", "b")]
-    _check_matches({"a.png": [], "c.png": []}, files)
+    check_matches({"a.png": [], "c.png": []}, files, say)
     assert ("camlens: 1 of the 2 entries in the annotations name no image (they are keyed by "
             "file name) and are left out: c.png") in capfd.readouterr().err
     with pytest.raises(CliError, match=r"the annotations name none of the 2 image"):
-        _check_matches({"c.png": []}, files)
+        check_matches({"c.png": []}, files, say)
 
 
 def test_labels_says_which_annotations_name_no_image(tmp_path, capfd):
@@ -89,7 +89,8 @@ def test_labels_says_which_annotations_name_no_image(tmp_path, capfd):
         Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "images" / name)
     (tmp_path / "ann.json").write_text(json.dumps({"square.png": {"classes": ["green"]},
                                                    "elsewhere.png": {"classes": ["red"]}}))
-    summary = _labels(tmp_path, "out", method="cam", annotations=tmp_path / "ann.json")
+    summary = _labels(tmp_path, "out", method="cam", annotations=tmp_path / "ann.json",
+                      message=say)  # printed as the CLI prints them
     assert summary["images"] == 1  # other.png is named in no annotation: skipped, as before
     assert ("camlens: 1 of the 2 entries in the annotations name no image (they are keyed by "
             "file name) and are left out: elsewhere.png") in capfd.readouterr().err

@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import data
 
 import camlens
-from camlens.cli._common import output_names as _output_names
+from camlens.runner._files import output_names as _output_names
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -146,7 +146,8 @@ def test_output_names_stay_inside_and_unique():
 
 
 def test_outputs_never_leave_the_folder(tmp_path):
-    from camlens.cli._common import CliError, inside
+    from camlens.cli._args import CliError
+    from camlens.runner._files import inside
 
     out = tmp_path / "out"
     out.mkdir()

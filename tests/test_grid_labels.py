@@ -23,7 +23,7 @@ import camlens
 import camlens.viz
 from camlens._registry import METHOD_ORDER, method_class
 from camlens.app import _work, build
-from camlens.cli._common import parse_methods
+from camlens.runner._setup import parse_methods
 from camlens.viz._compose import panel_title
 
 AGNOSTIC = {"eigencam", "kpcacam", "fem", "randomcam"}

@@ -32,25 +32,6 @@ import pytest
 # excused, it closes no loop and breaks no rule), so this list can only shrink. Delete the
 # entries as the steps land; add none.
 KNOWN: dict[tuple[str, str], str] = {
-    # the library stands on its own: these take CliError, say, Run, decode, collect, ...
-    # from the command line's helpers (and so load camlens/cli/__init__.py too)
-    ("camlens.audit", "camlens.cli._common"): "issue 21: moved by the library-layer step",
-    ("camlens.audit._inputs", "camlens.cli._common"):
-        "issue 21: moved by the library-layer step",
-    ("camlens.labels", "camlens.cli._common"): "issue 21: moved by the library-layer step",
-    ("camlens.labels._folder", "camlens.cli._common"):
-        "issue 21: moved by the library-layer step",
-    ("camlens.labels._inputs", "camlens.cli._common"):
-        "issue 21: moved by the library-layer step",
-    ("camlens.runner", "camlens.cli._common"): "issue 21: moved by the library-layer step",
-    ("camlens.runner._local", "camlens.cli._common"):
-        "issue 21: moved by the library-layer step",
-    ("camlens.runner._ray", "camlens.cli._common"):
-        "issue 21: moved by the library-layer step",
-    # `from .. import __version__`: the runner loads the package that loads the runner
-    # the local loop picks the Ray executor, which is built on the local loop's pieces
-    ("camlens.runner._local", "camlens.runner._ray"):
-        "issue 21: moved by the library-layer step",
 }
 
 PACKAGE = "camlens"

@@ -511,7 +511,7 @@ def test_command_end_to_end(folder):
 
 
 def test_cmd_labels_parser_and_usage_errors(folder):
-    from camlens.cli._common import CliError
+    from camlens.cli._args import CliError
     from camlens.cli._labels import add_parser, cmd_labels
 
     parser = argparse.ArgumentParser()

@@ -5,6 +5,7 @@ addresses. Ray starts once for this file; every test runs under a time limit."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import json
 import os
@@ -29,10 +30,10 @@ pytest.importorskip("skimage")
 pytest.importorskip("PIL")
 
 import camlens.cli  # noqa: E402,F401  (the CLI package first: it imports the runner)
-from camlens.cli._common import CliError  # noqa: E402
-from camlens.runner import _ray  # noqa: E402
+from camlens.cli._args import CliError, say  # noqa: E402
+from camlens.runner import RunSpec, _ray  # noqa: E402
+from camlens.runner._explain import run_explain  # noqa: E402
 from camlens.runner._index import read_index, read_maps  # noqa: E402
-from camlens.runner._local import run_explain  # noqa: E402
 
 LIMIT_S = 90  # per test; Ray hanging (a starved pool) must fail a test, not stall the suite
 METHODS = "gradcam,layercam"
@@ -103,17 +104,16 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _args(paths: list[Path], out: Path, **changes: Any) -> argparse.Namespace:
+def _args(paths: list[Path], out: Path, **changes: Any) -> RunSpec:
     """The arguments camlens.run() builds, plus the engine's."""
-    args = argparse.Namespace(
+    args = RunSpec(
         paths=[str(p) for p in paths], out=str(out), model="efficientnet-lite0",
         method=METHODS, layer=None, target="top1", counterfactual=False,
-        save="overlay,grid,npy", option=[], weights=None, trust_model=False, preprocess=None,
+        save="overlay,grid,npy", options=[], weights=None, trust_model=False, preprocess=None,
         batch_size=8, device="auto", alpha=0.5, colormap="jet", threshold=0.2,
         max_pixels=None, progress="never", restart=False, engine="local", address=None,
     )
-    vars(args).update(changes)
-    return args
+    return dataclasses.replace(args, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def test_ray_matches_local(ray_session: str, images: Path, reference: Path, tmp_
     out = tmp_path / "ray"
     capsys.readouterr()
     start = time.perf_counter()
-    assert run_explain(_args([images], out, engine="ray")) == 1
+    assert run_explain(_args([images], out, engine="ray"), say) == 1  # notes printed
     took = time.perf_counter() - start
     err = capsys.readouterr().err
     _assert_same_outputs(out, reference)
@@ -228,13 +228,13 @@ def test_ray_resumes_a_killed_local_run(ray_session: str, images: Path, referenc
     with open(tmp_path / "index.jsonl", "ab") as f:  # killed while writing a line
         f.write(b'{"key": "' + str(first[0]).encode() + b'", "fil')
     capsys.readouterr()
-    assert run_explain(_args([images], tmp_path, engine="ray")) == 1
+    assert run_explain(_args([images], tmp_path, engine="ray"), say) == 1
     assert "20 image(s) already done, 21 to go" in capsys.readouterr().err
     _assert_same_outputs(tmp_path, reference)
     # finished: only the unreadable file is tried again (an actor decodes it), and its
     # failure, the same again, keeps its one line
     capsys.readouterr()
-    run_explain(_args([images], tmp_path, engine="ray"))
+    run_explain(_args([images], tmp_path, engine="ray"), say)
     assert ("40 image(s) already done, 1 to go (1 of them failed earlier as missing or "
             "unreadable: tried again)") in capsys.readouterr().err
     assert (tmp_path / "index.jsonl").read_bytes().count(b"\n") == 41
@@ -297,16 +297,17 @@ def _free_port() -> int:
 
 def _driver(images: list[Path], out: Path, address: str | None) -> str:
     """A separate driver process (as the CLI is): camlens alone must not import Ray."""
-    args = vars(_args(images, out, engine="ray", address=address, batch_size=2))
+    args = _args(images, out, engine="ray", address=address, batch_size=2)
     return textwrap.dedent(f"""
         import argparse, sys, time
         import camlens, camlens.cli, camlens.runner
-        from camlens.cli._common import CliError
-        from camlens.runner._local import run_explain
+        from camlens.cli._args import CliError
+        from camlens.runner import RunSpec
+        from camlens.runner._explain import run_explain
         assert "ray" not in sys.modules, "import camlens imported ray"
         start = time.perf_counter()
         try:
-            code = run_explain(argparse.Namespace(**{args!r}))
+            code = run_explain({args!r})
         except CliError as err:
             print("CliError:", err)
             code = 2

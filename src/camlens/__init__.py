@@ -18,11 +18,14 @@ __version__ = "0.1.0"
 if typing.TYPE_CHECKING:
     from . import targets
     from ._derive import boxes, masks
+    from ._errors import CamlensError, UsageError
     from ._explainer import Explainer, compare, explain
     from ._registry import available_methods, describe, register_method
+    from ._validate import InputTooSmallError
     from .audit import AuditResult, audit
+    from .evaluation import EvaluationResult, EvaluationSpec, evaluate_folder
     from .models import load_model
-    from .runner import read_index, read_maps, run
+    from .runner import RunFolderError, RunResult, RunSpec, read_index, read_maps, run
     from .targets import (
         BoxTarget,
         ClassTarget,
@@ -32,6 +35,7 @@ if typing.TYPE_CHECKING:
         TokenTarget,
         TopK,
     )
+    from .viz import ImageError
 
 _SUBMODULES = ("viz", "cli", "metrics", "labels", "augment")
 
@@ -40,18 +44,28 @@ _SUBMODULES = ("viz", "cli", "metrics", "labels", "augment")
 _API: dict[str, tuple[str, str | None]] = {
     "AuditResult": ("audit", "AuditResult"),
     "BoxTarget": ("targets", "BoxTarget"),
+    "CamlensError": ("_errors", "CamlensError"),
     "ClassTarget": ("targets", "ClassTarget"),
+    "EvaluationResult": ("evaluation", "EvaluationResult"),
+    "EvaluationSpec": ("evaluation", "EvaluationSpec"),
     "Explainer": ("_explainer", "Explainer"),
+    "ImageError": ("viz._image", "ImageError"),
+    "InputTooSmallError": ("_validate", "InputTooSmallError"),
+    "RunFolderError": ("runner._index", "RunFolderError"),
+    "RunResult": ("runner._spec", "RunResult"),
+    "RunSpec": ("runner._spec", "RunSpec"),
     "SegmentationTarget": ("targets", "SegmentationTarget"),
     "SimilarityTarget": ("targets", "SimilarityTarget"),
     "SoftmaxTarget": ("targets", "SoftmaxTarget"),
     "TokenTarget": ("targets", "TokenTarget"),
     "TopK": ("targets", "TopK"),
+    "UsageError": ("_errors", "UsageError"),
     "audit": ("audit", "audit"),
     "available_methods": ("_registry", "available_methods"),
     "boxes": ("_derive", "boxes"),
     "compare": ("_explainer", "compare"),
     "describe": ("_registry", "describe"),
+    "evaluate_folder": ("evaluation", "evaluate_folder"),
     "explain": ("_explainer", "explain"),
     "load_model": ("models", "load_model"),
     "masks": ("_derive", "masks"),
@@ -108,19 +122,29 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "AuditResult",
     "BoxTarget",
+    "CamlensError",
     "ClassTarget",
+    "EvaluationResult",
+    "EvaluationSpec",
     "Explainer",
+    "ImageError",
+    "InputTooSmallError",
+    "RunFolderError",
+    "RunResult",
+    "RunSpec",
     "SegmentationTarget",
     "SimilarityTarget",
     "SoftmaxTarget",
     "TokenTarget",
     "TopK",
+    "UsageError",
     "__version__",
     "audit",
     "available_methods",
     "boxes",
     "compare",
     "describe",
+    "evaluate_folder",
     "explain",
     "load_model",
     "masks",

@@ -15,6 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# --method groups: name -> what it holds (the runner expands them)
+METHOD_GROUPS = {
+    "all": "every method but the heavy ones (and those that cannot apply to the model)",
+    "heavy": "rise, sscam, iscam: thousands of forwards per image",
+    "everything": "all and heavy",
+}
+
+
 # The one order in which methods are listed, run and drawn when no order is asked for
 # (`camlens methods`, the groups `all`, `heavy` and `everything`, the page's list,
 # ``compare(methods=None)``): the best known first, as a reader of the papers and of
@@ -37,6 +45,15 @@ def ordered(names: Iterable[str]) -> list[str]:
     rank = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
+
+# camlens evaluate's metrics: name -> True where higher is better
+EVAL_METRICS = {
+    "deletion": False, "insertion": True, "average_drop": False, "increase": True,
+    "road_morf": False, "road_lerf": True, "pointing_game": True,
+    "energy_pointing_game": True, "localization_error": False,
+}
+QUICK_METRICS = ("deletion", "insertion", "average_drop", "increase")
+EVAL_METHODS = "gradcam,gradcam++,layercam,hirescam,eigencam"  # evaluate's default
 
 DEFAULT_MODEL = "efficientnet-lite0"
 

@@ -1,9 +1,22 @@
-"""Small helpers that turn bad values into errors that say what to do."""
+"""camlens's errors, and small helpers that turn bad values into errors that say what to do.
+
+Every error camlens raises on purpose is a :class:`CamlensError`; a bad argument or option
+(what the command line answers with one line and exit code 2) is a :class:`UsageError`,
+also a ``ValueError`` so that ``except ValueError`` around the Python API keeps working."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+
+
+class CamlensError(Exception):
+    """The base of every error camlens raises on purpose."""
+
+
+class UsageError(CamlensError, ValueError):
+    """A bad argument, option or input folder: the message names the value and the fix
+    (the command line prints it as one line, exit code 2)."""
 
 
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._adapters import adapt
+from ._errors import CamlensError
 from ._guard import ModelGuard
 
 
@@ -89,7 +90,7 @@ def check_size(size: Any) -> Any:
     )
 
 
-class InputTooSmallError(ValueError):
+class InputTooSmallError(CamlensError, ValueError):
     """The inputs are smaller than the model takes; ``smallest`` is the spatial size it
     does take (each side grown to the smallest that runs)."""
 

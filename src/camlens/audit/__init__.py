@@ -22,8 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._errors import UsageError
+from .._messages import Sink, sink_or_log
+from ..runner import run
+from ..runner._setup import path_items
 from ._collect import State, build_result, image_record, records
 from ._inputs import (
+    AuditSpec,
     check_args,
     check_named,
     check_out,
@@ -36,7 +41,7 @@ from ._inputs import (
 from ._report import pictures, plain, write
 from ._result import RUN_FOLDER, AuditResult, ClassRow
 
-__all__ = ["AuditResult", "ClassRow", "audit"]
+__all__ = ["AuditResult", "AuditSpec", "ClassRow", "audit", "audit_folder"]
 
 
 def audit(
@@ -65,6 +70,7 @@ def audit(
     device: str = "auto",
     progress: str = "never",
     restart: bool = False,
+    message: Sink | None = None,
 ) -> AuditResult:
     """Audit where a model's maps rest, class by class, over a folder of images.
 
@@ -93,31 +99,44 @@ def audit(
       longer goes with the class).
 
     Writes ``report.md``, ``report.html`` (self-contained), ``audit.csv``, ``audit.json``,
-    ``images.jsonl`` (one record per image) and ``thumbs/`` into ``out``.
+    ``images.jsonl`` (one record per image) and ``thumbs/`` into ``out``. Notes go to
+    ``message`` (a ``Callable[[str], None]``; by default the ``camlens`` logger).
     """
-    from ..cli._common import path_items, say
-    from ..runner import run
+    spec = AuditSpec(
+        paths=path_items(paths), out=Path(out), model=model, weights=weights,
+        trust_model=trust_model, preprocess=preprocess, labels=labels, method=method,
+        layer=layer, annotations=annotations, masks=masks, truth=truth,
+        min_images=min_images, z=z, ratio=ratio, floor=floor, worst=worst,
+        tolerance=tolerance, border=border, baseline=baseline, batch_size=batch_size,
+        device=device, progress=progress, restart=restart,
+    )
+    return audit_folder(spec, message)
 
-    method = check_args(method, min_images, z, ratio, floor, worst, tolerance, border,
-                        batch_size)
-    items = path_items(paths)
-    out = Path(out)
+
+def audit_folder(spec: AuditSpec, message: Sink | None = None) -> AuditResult:
+    """The audit of ``spec`` (:func:`audit` for a Python caller, ``camlens audit`` for the
+    command line): the run into ``out/run``, the statistics, the report."""
+    method = check_args(spec.method, spec.min_images, spec.z, spec.ratio, spec.floor,
+                        spec.worst, spec.tolerance, spec.border, spec.batch_size)
+    message = sink_or_log(message)
+    items, out = spec.paths, spec.out
     check_out(out, items)
-    the_model, pre, names = load(model, weights, trust_model, preprocess, labels, device)
-    ann = read_annotations(annotations, names)
-    mask_map = read_masks(masks)
-    truth_map, truth_kind = read_truth(truth, names)
+    the_model, pre, names = load(spec.model, spec.weights, spec.trust_model, spec.preprocess,
+                                 spec.labels, spec.device)
+    ann = read_annotations(spec.annotations, names)
+    mask_map = read_masks(spec.masks)
+    truth_map, truth_kind = read_truth(spec.truth, names)
     for note in check_named(items, ann, mask_map, truth_map):
-        say(note)  # as the runner's notes
-    base = read_baseline(baseline)
+        message(note)  # as the runner's notes
+    base = read_baseline(spec.baseline)
     summary = run(items, out / RUN_FOLDER, model=the_model, preprocess=pre, labels=names,
-                  method=method, layer=layer, save="shards", batch_size=batch_size,
-                  device="auto" if isinstance(model, str) else device, progress=progress,
-                  restart=restart)
+                  method=method, layer=spec.layer, save="shards", batch_size=spec.batch_size,
+                  device="auto" if isinstance(spec.model, str) else spec.device,
+                  progress=spec.progress, restart=spec.restart, message=message)
     folder = out / RUN_FOLDER
     roots = [Path(p) for p in items]
-    settings = {"tolerance": tolerance, "border": border}
-    state = State(worst)
+    settings = {"tolerance": spec.tolerance, "border": spec.border}
+    state = State(spec.worst)
     images_path = out / "images.jsonl"
     tmp = out / ".images.jsonl.part"
     try:  # written to a temporary name and renamed: whole or not at all
@@ -134,13 +153,14 @@ def audit(
     finally:
         tmp.unlink(missing_ok=True)
     if not state.images:
-        raise ValueError(f"no image of {', '.join(map(str, items))} was audited "
+        raise UsageError(f"no image of {', '.join(map(str, items))} was audited "
                          f"({state.failed} failed: see {folder / 'index.jsonl'})")
     if (ann or mask_map) and not state.annotated:
-        raise ValueError("the annotations name none of the audited images (boxes are keyed "
+        raise UsageError("the annotations name none of the audited images (boxes are keyed "
                          "by file name, masks by file stem); check the names")
     result = build_result(state, out, method, summary, names, truth_kind, base,
-                          dict(min_images=min_images, z=z, ratio=ratio, floor=floor))
+                          dict(min_images=spec.min_images, z=spec.z, ratio=spec.ratio,
+                               floor=spec.floor))
     pictures(result, folder, method, roots, ann, mask_map)
-    write(result, state, bool(ann or mask_map), border)
+    write(result, state, bool(ann or mask_map), spec.border)
     return result

@@ -8,12 +8,47 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._errors import UsageError
+from ..runner._setup import model_spec, object_labels, object_preprocess
 from ._result import AuditResult
+
+
+@dataclass
+class AuditSpec:
+    """Everything an audit needs: what :func:`camlens.audit` takes and ``camlens audit``
+    parses (see :func:`camlens.audit` for each field). ``model`` is a spec or a model
+    object: the audit loads a spec itself, once, to read its class names."""
+
+    paths: Sequence[Any]
+    out: Path = Path("camlens-audit")
+    model: Any = "efficientnet-lite0"
+    weights: str | None = None
+    trust_model: bool = False
+    preprocess: Any = None
+    labels: Sequence[str] | None = None
+    method: str = "gradcam"
+    layer: str | None = None
+    annotations: Any = None
+    masks: Any = None
+    truth: Any = None
+    min_images: int = 10
+    z: float = 3.0
+    ratio: float = 0.8
+    floor: float = 0.05
+    worst: int = 8
+    tolerance: int | None = None
+    border: float = 0.1
+    baseline: Any = None
+    batch_size: int = 8
+    device: str = "auto"
+    progress: str = "never"
+    restart: bool = False
 
 
 def check_args(method: str, min_images: int, z: float, ratio: float, floor: float,
@@ -23,41 +58,42 @@ def check_args(method: str, min_images: int, z: float, ratio: float, floor: floa
     from .._registry import available_methods
 
     if not isinstance(method, str) or "," in method:
-        raise ValueError(f"method must be one method name, got {method!r}; audit one method "
+        raise UsageError(f"method must be one method name, got {method!r}; audit one method "
                          "at a time (e.g. method='gradcam')")
     key = method.strip().lower().replace("_", "-")
     if key not in available_methods():
         from .._errors import unknown_choice
 
-        raise unknown_choice("method", method, available_methods(), "See `camlens methods`")
+        raise UsageError(str(unknown_choice("method", method, available_methods(),
+                                            "See `camlens methods`")))
     for name, value in (("min_images", min_images), ("worst", worst),
                         ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be a whole number, got {value!r}")
     if min_images < 1 or worst < 0 or batch_size < 1:
-        raise ValueError(f"need min_images >= 1, worst >= 0 and batch_size >= 1; got "
+        raise UsageError(f"need min_images >= 1, worst >= 0 and batch_size >= 1; got "
                          f"{min_images}, {worst}, {batch_size}")
     if not z > 0 or not 0 < ratio <= 1 or not floor > 0:
-        raise ValueError(f"need z > 0, 0 < ratio <= 1 and floor > 0; got z={z}, "
+        raise UsageError(f"need z > 0, 0 < ratio <= 1 and floor > 0; got z={z}, "
                          f"ratio={ratio}, floor={floor}")
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, int)
                                   or tolerance < 0):
-        raise ValueError(f"tolerance must be a whole number of pixels >= 0 or None, got "
+        raise UsageError(f"tolerance must be a whole number of pixels >= 0 or None, got "
                          f"{tolerance!r}")
     if not 0 < border < 0.5:
-        raise ValueError(f"border must be a share of the shorter side in (0, 0.5), got {border}")
+        raise UsageError(f"border must be a share of the shorter side in (0, 0.5), got {border}")
     return key
 
 
 def check_out(out: Path, items: Sequence[Any]) -> None:
     """The audit writes pictures: inside an input folder they would be audited next time."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out={str(out)!r} is an existing file; name a folder for the audit")
+        raise UsageError(f"out={str(out)!r} is an existing file; name a folder for the audit")
     target = out.resolve()
     for item in items:
         p = Path(item)
         if p.is_dir() and target.is_relative_to(p.resolve()):
-            raise ValueError(f"the audit folder {out} is inside the input folder {p}: its "
+            raise UsageError(f"the audit folder {out} is inside the input folder {p}: its "
                              "thumbnails would be audited as images next time; choose an "
                              "out folder outside it")
 
@@ -70,17 +106,10 @@ def load(model: Any, weights: str | None, trust: bool, preprocess: Any,
 
     if not isinstance(model, str):
         if weights is not None:
-            raise ValueError("weights= goes with a model spec; a model object has its weights")
-        from ..cli._common import CliError, object_labels, object_preprocess
-
-        try:
-            pre = object_preprocess(preprocess)
-            names = object_labels(model, pre, labels)
-        except CliError as err:
-            raise ValueError(str(err)) from None
+            raise UsageError("weights= goes with a model spec; a model object has its weights")
+        pre = object_preprocess(preprocess)
+        names = object_labels(model, pre, labels)
         return model, pre, names
-    from ..cli._common import model_spec
-
     model_spec(model, labels)  # a spec: labels= is refused
     keras = model.startswith("keras:") or model.lower().endswith((".keras", ".h5", ".hdf5"))
     if keras and "keras" not in sys.modules:
@@ -98,9 +127,9 @@ def _device(name: str) -> Any:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda': no CUDA device is available; use device='cpu'")
+        raise UsageError("device='cuda': no CUDA device is available; use device='cpu'")
     if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {name!r}")
+        raise UsageError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {name!r}")
     return torch.device(name)
 
 
@@ -133,7 +162,7 @@ def _objects(name: str, value: Any, names: Sequence[str], kind: type) -> Any:
     for box in boxes:
         b = [float(v) for v in box] if isinstance(box, (list, tuple)) else []
         if len(b) != 4 or not all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
-            raise ValueError(f"annotations[{name!r}]: box {box!r} is not [x0, y0, x1, y1] "
+            raise UsageError(f"annotations[{name!r}]: box {box!r} is not [x0, y0, x1, y1] "
                              "with x1 > x0 and y1 > y0")
         checked.append(b)
     where = f"annotations[{name!r}]"
@@ -141,7 +170,7 @@ def _objects(name: str, value: Any, names: Sequence[str], kind: type) -> Any:
                  label=None if label is None else class_of(label, names, where))
     if classes is not None:
         if len(classes) != len(checked):
-            raise ValueError(f"{where}: {len(classes)} classes for {len(checked)} boxes")
+            raise UsageError(f"{where}: {len(classes)} classes for {len(checked)} boxes")
         found.classes = [None if c is None else class_of(c, names, where) for c in classes]
     return found
 
@@ -170,16 +199,16 @@ def read_truth(truth: Any, names: Sequence[str]) -> tuple[dict[str, int] | None,
     else:
         p = Path(truth)
         if not p.is_file():
-            raise ValueError(f"truth={str(truth)!r} is neither 'folders' nor an existing "
+            raise UsageError(f"truth={str(truth)!r} is neither 'folders' nor an existing "
                              "JSON or CSV file of true classes")
         text = p.read_text("utf-8")
         if p.suffix.lower() == ".json":
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{p} is not valid JSON ({err})") from None
+                raise UsageError(f"{p} is not valid JSON ({err})") from None
             if not isinstance(raw, dict):
-                raise ValueError(f"{p}: expected {{file name: class}}, got "
+                raise UsageError(f"{p}: expected {{file name: class}}, got "
                                  f"{type(raw).__name__}")
         else:
             rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
@@ -187,12 +216,12 @@ def read_truth(truth: Any, names: Sequence[str]) -> tuple[dict[str, int] | None,
                 rows = rows[1:]
             bad = [r for r in rows if len(r) != 2]
             if bad:
-                raise ValueError(f"{p}: each line is `file,class`, got {bad[0]!r}")
+                raise UsageError(f"{p}: each line is `file,class`, got {bad[0]!r}")
             raw = {r[0].strip(): r[1].strip() for r in rows}
         kind = f"`{p.name}`"
     found = {Path(str(k)).name: class_of(v, names, f"truth for {k}") for k, v in raw.items()}
     if not found:
-        raise ValueError("truth names no image")
+        raise UsageError("truth names no image")
     return found, kind
 
 
@@ -201,10 +230,10 @@ def class_of(value: Any, names: Sequence[str], where: str) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{where}: a class is an index or a name, got {value!r}")
+        raise UsageError(f"{where}: a class is an index or a name, got {value!r}")
     if isinstance(value, int):
         if not 0 <= value < len(names):
-            raise ValueError(f"{where}: class {value} is out of range; the model has "
+            raise UsageError(f"{where}: class {value} is out of range; the model has "
                              f"{len(names)} classes (0 to {len(names) - 1})")
         return value
     norm = [n.strip().lower().replace("_", " ") for n in names]
@@ -213,8 +242,8 @@ def class_of(value: Any, names: Sequence[str], where: str) -> int:
         return norm.index(key)
     from .._errors import unknown_choice
 
-    raise unknown_choice("class name", value, names, f"({where}; names are matched against "
-                         "the model's labels)")
+    raise UsageError(str(unknown_choice("class name", value, names, f"({where}; names are "
+                                        "matched against the model's labels)")))
 
 
 def check_named(items: Sequence[Any], ann: Mapping[str, Any],
@@ -255,7 +284,7 @@ def read_baseline(baseline: Any) -> dict[int, dict[str, Any]] | None:
     path = Path(baseline)
     path = path / "audit.json" if path.is_dir() else path
     if not path.is_file():
-        raise ValueError(f"baseline={str(baseline)!r}: no audit.json there; give the folder "
+        raise UsageError(f"baseline={str(baseline)!r}: no audit.json there; give the folder "
                          "of an earlier camlens audit")
     data = json.loads(path.read_text("utf-8"))
     key = "by_true" if data.get("grouping") == "true" else "by_predicted"

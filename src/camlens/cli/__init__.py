@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from .._catalog import DEFAULT_MODEL, MODEL_SPECS, method_listing
+from .._catalog import DEFAULT_MODEL, EVAL_METHODS, MODEL_SPECS, method_listing
 from ._app import add_parser as _add_app_parser
 from ._args import (
     EVAL_METRICS,
@@ -34,7 +34,6 @@ DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 # (xgradcam, hirescam and cam equal gradcam there: its layer feeds GAP + one linear layer)
 DEMO_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "guided-gradcam",
                 "guided-backprop")
-EVAL_METHODS = "gradcam,gradcam++,layercam,hirescam,eigencam"
 
 __all__ = ["main"]
 
@@ -113,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     model_options(d, DEFAULT_MODEL)
     _picture_options(d)
     d.set_defaults(func=_cmd_demo, target="top1", layer=None, counterfactual=False, option=None,
-                   save="overlay,grid,npy", restart=False, engine="local", address=None)
+                   save="overlay,grid,npy", restart=False, engine="local", address=None,
+                   actors=None)
 
     ev = sub.add_parser("evaluate", help="score methods' maps: a methods x metrics table")
     ev.add_argument("paths", nargs="+", metavar="IMAGES")
@@ -211,8 +211,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(
             "the demo photos come from scikit-image: pip install 'camlens[demo]'"
         ) from None
+    from ..runner._files import output_folder
     from ..viz import save_image
-    from ._common import output_folder
 
     out = output_folder(args.out)
     folder = out / "images"

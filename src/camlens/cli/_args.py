@@ -7,25 +7,15 @@ import argparse
 import logging
 import sys
 
-from .._catalog import PREPROCESSING
+from .._catalog import (  # noqa: F401  (METHOD_GROUPS and the metrics re-exported)
+    EVAL_METRICS,
+    METHOD_GROUPS,
+    PREPROCESSING,
+    QUICK_METRICS,
+)
+from .._errors import UsageError
 
-METHOD_GROUPS = {
-    "all": "every method but the heavy ones (and those that cannot apply to the model)",
-    "heavy": "rise, sscam, iscam: thousands of forwards per image",
-    "everything": "all and heavy",
-}
-
-# camlens evaluate's metrics: name -> True where higher is better
-EVAL_METRICS = {
-    "deletion": False, "insertion": True, "average_drop": False, "increase": True,
-    "road_morf": False, "road_lerf": True, "pointing_game": True,
-    "energy_pointing_game": True, "localization_error": False,
-}
-QUICK_METRICS = ("deletion", "insertion", "average_drop", "increase")
-
-
-class CliError(Exception):
-    """A usage problem: printed as one line, exit code 2."""
+CliError = UsageError  # a usage problem: printed as one line, exit code 2
 
 
 def positive(text: str) -> int:

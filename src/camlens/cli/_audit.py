@@ -4,9 +4,13 @@ report; a thin call of :func:`camlens.audit.audit`."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .._catalog import DEFAULT_MODEL
 from ._args import CliError, model_options, positive
+
+if TYPE_CHECKING:
+    from ..audit import AuditSpec
 
 DEFAULT_OUT = "camlens-audit"
 
@@ -54,23 +58,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_audit)
 
 
+def audit_spec(args: argparse.Namespace) -> AuditSpec:
+    """The audit ``camlens audit`` was asked for."""
+    from pathlib import Path
+
+    from ..audit import AuditSpec
+    from ..runner._setup import path_items
+
+    return AuditSpec(
+        paths=path_items(args.paths), out=Path(args.out), model=args.model,
+        weights=args.weights, trust_model=args.trust_model, preprocess=args.preprocess,
+        method=args.method, layer=args.layer, annotations=args.annotations,
+        masks=args.masks, truth=args.truth, min_images=args.min_images, z=args.z,
+        ratio=args.ratio, worst=args.worst, baseline=args.baseline,
+        batch_size=args.batch_size, device=args.device, progress=args.progress,
+        restart=args.restart,
+    )
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run the audit; print the flagged classes and the per-class table. Exit code 1 when
     an image could not be used, 0 otherwise (a flag is a finding, not an error)."""
-    from ..audit import audit
-    from ._common import say
+    from ..audit import audit_folder
+    from ._args import say
 
     if args.worst < 0:
         raise CliError(f"--worst must be 0 or more, got {args.worst}")
     try:
-        result = audit(
-            args.paths, args.out, model=args.model, weights=args.weights,
-            trust_model=args.trust_model, preprocess=args.preprocess, method=args.method,
-            layer=args.layer, annotations=args.annotations, masks=args.masks,
-            truth=args.truth, min_images=args.min_images, z=args.z, ratio=args.ratio,
-            worst=args.worst, baseline=args.baseline, batch_size=args.batch_size,
-            device=args.device, progress=args.progress, restart=args.restart,
-        )
+        result = audit_folder(audit_spec(args), message=say)
     except (ValueError, TypeError, ImportError) as err:
         raise CliError(str(err)) from None
     print(result.table())

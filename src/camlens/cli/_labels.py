@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .._catalog import DEFAULT_MODEL
-from ._args import CliError, model_options, positive
+from ._args import CliError, model_options, positive, say
+
+if TYPE_CHECKING:
+    from ..labels import LabelsSpec
 
 
 def _fraction(text: str) -> float:
@@ -68,13 +72,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_labels)
 
 
+def labels_spec(args: argparse.Namespace) -> LabelsSpec:
+    """The weak labels ``camlens labels`` was asked for."""
+    from ..labels import LabelsSpec
+
+    return LabelsSpec(
+        paths=list(args.paths), out=args.out, model=args.model, method=args.method,
+        layer=args.layer, options=list(args.option or ()), classes=args.classes,
+        annotations=args.annotations, multilabel=args.multilabel,
+        bg_threshold=args.bg_threshold, ignore_band=args.ignore_band,
+        box_threshold=args.box_threshold, true_masks=args.true_masks,
+        weights=args.weights, trust_model=args.trust_model, preprocess=args.preprocess,
+        batch_size=args.batch_size, device=args.device, max_pixels=args.max_pixels,
+        progress=args.progress,
+    )
+
+
 def cmd_labels(args: argparse.Namespace) -> int:
     """Run ``camlens labels``: exit code 0, 1 when an image or a named method failed (the
     others are still written), 2 for a usage error."""
     from ..labels import label_folder
 
     try:
-        code, _ = label_folder(args)
+        result = label_folder(labels_spec(args), say)
     except ValueError as err:
         raise CliError(str(err)) from None
-    return code
+    return result.exit_code

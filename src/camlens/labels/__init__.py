@@ -20,13 +20,16 @@ image), ``_folder`` (the batch loop over a folder), and this module (:func:`make
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from typing import Any
 
 # also importable from here, as when labels was one module: the folder run behind
 # `camlens labels` (camlens.cli._labels), the mask values and the methods that gave maps
+from .._messages import Sink, sink_or_log
+from ..runner._setup import model_spec, path_items
+from ._folder import LabelsResult as LabelsResult
+from ._folder import LabelsSpec as LabelsSpec
 from ._folder import good_methods as good_methods
 from ._folder import label_folder
 from ._inputs import ClassSet
@@ -69,7 +72,8 @@ def make_labels(
     device: str = "auto",
     max_pixels: int | None = None,
     progress: str = "never",
-) -> dict[str, Any]:
+    message: Sink | None = None,
+) -> LabelsResult:
     """Pseudo-label masks and weak boxes for every image of ``paths`` (files and folders).
 
     Writes into ``out``: ``METHOD/STEM.png`` per image (single-channel palette PNGs, the VOC
@@ -98,12 +102,13 @@ def make_labels(
 
     ``model`` is a spec for :func:`camlens.load_model` or a model object (with ``labels``
     its class names and ``preprocess`` a convention name or a
-    :class:`camlens.models.Preprocess`), as in :func:`camlens.run`. Returns the summary
-    written to ``labels.json`` and its ``exit_code`` (1 when an image or a named method
-    failed: those are listed and skipped, the others written).
+    :class:`camlens.models.Preprocess`), as in :func:`camlens.run`. Returns a
+    :class:`LabelsResult` built in memory: ``summary`` is what ``labels.json`` holds, and
+    the result reads as that dict with its ``exit_code`` (1 when an image or a named method
+    failed: those are listed and skipped, the others written). Notes go to ``message`` (a
+    ``Callable[[str], None]``; by default the ``camlens`` logger); bad settings raise
+    :class:`camlens.UsageError`.
     """
-    from ..cli._common import CliError, model_spec, path_items
-
     items = path_items(paths)
     given, model = model_spec(model, labels)
     if classes is not None and not isinstance(classes, str):
@@ -111,19 +116,14 @@ def make_labels(
     band = None
     if ignore_band is not None:
         band = ",".join(str(v) for v in ignore_band)
-    args = argparse.Namespace(
+    spec = LabelsSpec(
         model_object=given, labels=labels, paths=[str(p) for p in items], out=str(out),
         model=model, method=method, layer=layer, classes=classes,
         annotations=None if annotations is None else str(annotations),
         multilabel=multilabel, bg_threshold=bg_threshold, ignore_band=band,
         box_threshold=box_threshold,
-        true_masks=None if true_masks is None else str(true_masks), option=list(options),
+        true_masks=None if true_masks is None else str(true_masks), options=list(options),
         weights=weights, trust_model=trust_model, preprocess=preprocess,
         batch_size=batch_size, device=device, max_pixels=max_pixels, progress=progress,
     )
-    try:
-        code, summary = label_folder(args)
-    except CliError as err:
-        raise ValueError(str(err)) from None
-    summary["exit_code"] = code  # 1 when an image or a named method failed, as camlens.run
-    return summary
+    return label_folder(spec, sink_or_log(message))

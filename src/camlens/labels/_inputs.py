@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._errors import UsageError
 from .._guard import ModelGuard
 from ..targets import ClassTarget, _check_classes, find_logits
 from ._rule import MAX_CLASSES
@@ -57,11 +58,9 @@ class ClassSet(ClassTarget):
 
 def _label_set(text: Any, names: Sequence[str]) -> list[int]:
     """Model class indices of ``--classes`` (names or indices, comma-separated, or a list)."""
-    from ..cli._common import CliError
-
     if text is None or (isinstance(text, str) and not text.strip()):
         if len(names) > MAX_CLASSES:
-            raise CliError(
+            raise UsageError(
                 f"the model has {len(names)} classes and a VOC mask holds {MAX_CLASSES}: name "
                 "the classes to label with --classes (classes=), e.g. --classes "
                 f"'{names[0]},{names[1]}'"
@@ -80,30 +79,28 @@ def _label_set(text: Any, names: Sequence[str]) -> list[int]:
         try:
             index = resolve.index(part, "--classes")
         except ValueError as err:
-            raise CliError(str(err)) from None
+            raise UsageError(str(err)) from None
         assert index is not None
         if index in chosen:
-            raise CliError(f"--classes names {names[index]!r} twice")
+            raise UsageError(f"--classes names {names[index]!r} twice")
         chosen.append(index)
     if not chosen:
-        raise CliError("--classes is empty; name the classes to label")
+        raise UsageError("--classes is empty; name the classes to label")
     if len(chosen) > MAX_CLASSES:
-        raise CliError(f"--classes names {len(chosen)} classes; a VOC mask holds {MAX_CLASSES}")
+        raise UsageError(f"--classes names {len(chosen)} classes; a VOC mask holds {MAX_CLASSES}")
     return chosen
 
 
 def _parse_band(text: Any) -> tuple[float, float] | None:
-    from ..cli._common import CliError
-
     if text is None:
         return None
     parts = [p for p in str(text).replace(" ", "").split(",") if p]
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError:
-        raise CliError(f"--ignore-band takes LOW,HIGH (e.g. 0.1,0.3), got {text!r}") from None
+        raise UsageError(f"--ignore-band takes LOW,HIGH (e.g. 0.1,0.3), got {text!r}") from None
     if not 0 <= lo <= hi <= 1:
-        raise CliError(f"--ignore-band needs 0 <= LOW <= HIGH <= 1, got {text!r}")
+        raise UsageError(f"--ignore-band needs 0 <= LOW <= HIGH <= 1, got {text!r}")
     return lo, hi
 
 

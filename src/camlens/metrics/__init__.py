@@ -16,7 +16,7 @@ randomisation test, on :func:`camlens.explain`).
 from __future__ import annotations
 
 # the private names are not API: camlens.labels takes its components' boxes and confusion
-# matrices from here, camlens.cli._evaluate reads M.derive_boxes (the same as camlens.boxes)
+# matrices from here, camlens.evaluation reads M.derive_boxes (the same as camlens.boxes)
 from .._derive import boxes as derive_boxes  # noqa: F401
 from ._faithfulness import (
     ConfidenceChange,

@@ -7,16 +7,19 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ._index import read_index, read_maps
+from .._errors import UsageError
+from .._messages import Sink
+from ._explain import explain_files
+from ._index import RunFolderError, read_index, read_maps
+from ._setup import model_spec, path_items
+from ._spec import ModelSettings, RunResult, RunSpec
 
-__all__ = ["read_index", "read_maps", "run"]
+__all__ = ["ModelSettings", "RunFolderError", "RunResult", "RunSpec", "read_index", "read_maps",
+           "run"]
 
 
 def run(
@@ -45,14 +48,20 @@ def run(
     engine: str = "local",
     address: str | None = None,
     actors: int | None = None,
-) -> dict[str, Any]:
+    message: Sink | None = None,
+) -> RunResult:
     """Explain every image of ``paths`` (files and folders) into ``out``, as
     ``camlens explain`` does: the same outputs, index and resumption, in a notebook.
 
-    Returns the run's summary (``images`` done and ``failed`` counts, methods, layer);
-    the per-image records are in :func:`read_index`. A folder holding a finished part of
-    the same run is resumed; one holding a run with other options raises ``ValueError``
-    (``restart=True`` deletes that run's outputs first). ``save``: any of ``overlay``,
+    Returns a :class:`RunResult`, built in memory: ``images`` done and ``failed`` counts,
+    methods, layer, the output folder and ``summary`` (what ``summary.json`` holds); it
+    reads as that dict too (``result["images"]``, ``result["exit_code"]``). The per-image
+    records are in :func:`read_index`. A folder holding a finished part of the same run
+    is resumed; one holding a run with other options raises
+    :class:`camlens.RunFolderError` (``restart=True`` deletes that run's outputs first).
+    Bad settings raise :class:`camlens.UsageError` (a ``ValueError``). Notes (skipped
+    files, resumption, the cost plan) go to ``message`` (a ``Callable[[str], None]``),
+    by default to the ``camlens`` logger at level INFO. ``save``: any of ``overlay``,
     ``grid``, ``npy``, ``shards`` (maps in a few large files, see :func:`read_maps`),
     ``mask``. ``options``: method options as ``"[METHOD.]NAME=VALUE"``. ``engine="ray"``
     runs the batches on a pool of Ray actors (a local Ray instance, or the cluster at
@@ -65,31 +74,20 @@ def run(
     resize=64)``) or a convention name (224 px; ImageNet's by default), and ``labels`` its
     class names (numbered by default). A resumed run checks the object's weights too.
     """
-    from ..cli._common import CliError, model_spec, path_items
-    from ._local import run_explain
-
     items = path_items(paths)
     given, model = model_spec(model, labels)
     if given is not None and engine == "ray":
-        raise ValueError(
+        raise UsageError(
             "engine='ray' loads the model inside each actor from a spec; save the model "
             "(a TorchScript file, or a state dict for a known architecture) and pass that"
         )
-    args = argparse.Namespace(
-        model_object=given, labels=labels,
+    spec = RunSpec(
         paths=[str(p) for p in items], out=str(out), model=model, method=method,
-        layer=layer, target=str(target), counterfactual=counterfactual,
-        save=save, option=list(options), weights=weights, trust_model=trust_model,
+        layer=layer, target=str(target), counterfactual=counterfactual, save=save,
+        options=list(options), weights=weights, trust_model=trust_model,
         preprocess=preprocess, batch_size=batch_size, device=device, alpha=alpha,
         colormap=colormap, threshold=threshold, max_pixels=max_pixels, progress=progress,
         restart=restart, engine=engine, address=address, actors=actors,
+        model_object=given, labels=labels,
     )
-    if engine not in ("local", "ray"):
-        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
-    try:
-        code = run_explain(args)
-    except CliError as err:
-        raise ValueError(str(err)) from None
-    summary: dict[str, Any] = json.loads((Path(out) / "summary.json").read_text("utf-8"))
-    summary["exit_code"] = code
-    return summary
+    return explain_files(spec, message)

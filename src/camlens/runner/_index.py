@@ -32,12 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import UsageError
+
 INDEX = "index.jsonl"
 OPTIONS = "run.json"
 SHARD_BYTES = 1 << 30  # a new shard after 1 GiB
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UsageError):
     """The output folder cannot take this run (other options, another run writing to it)."""
 
 

@@ -8,10 +8,8 @@ model runs the next batch, and each finished image becomes one line of the folde
 
 from __future__ import annotations
 
-import argparse
 import errno
 import io
-import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
@@ -22,30 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from .._errors import unknown_choice
+from .._errors import UsageError, unknown_choice
 from .._explainer import compare
-from ..cli._common import (
-    CliError,
-    Methods,
-    Run,
-    collect,
-    decode,
-    inside,
-    load,
-    model_fingerprint,
-    output_folder,
-    output_names,
-    parse_methods,
-    parse_target,
-    print_plan,
-    probabilities,
-    say,
-    show_progress,
-    small_image_note,
-)
-from ._index import INDEX, RunFolderError, RunIndex
+from .._messages import Sink, to_log
+from ._files import Run, collect, decode, inside, small_image_note
+from ._index import INDEX, RunIndex
 from ._memory import BatchSizer, PeakMemory
+from ._setup import Methods, model_fingerprint, print_plan, probabilities
+from ._spec import RunSpec
 from ._threads import Helpers, Interrupted
 
 
@@ -53,7 +35,7 @@ from ._threads import Helpers, Interrupted
 class Job:
     """The settings of one ``explain`` run, shared by its batches."""
 
-    args: argparse.Namespace
+    args: RunSpec
     files: Sequence[tuple[Path, str, str]]
     names: Sequence[str]
     out: Path
@@ -70,8 +52,8 @@ class Job:
     planned: bool = False
     finished: int = 0
     layer_names: list[str] = field(default_factory=list)
-    message: Callable[[str], None] = say  # where notes go (a Ray actor collects them)
-    plan_sink: Callable[..., None] = print_plan
+    message: Sink = to_log  # where notes go (the caller's sink; a Ray actor collects them)
+    plan_sink: Callable[..., None] | None = None  # the cost plan; None: to ``message``
     noted: dict[str, int] = field(default_factory=dict)
     batch: int = 0  # images per batch: --batch-size bounded by memory (0: --batch-size)
     map_bytes: int = 0  # the last batch's maps
@@ -107,13 +89,13 @@ def parse_save(text: str | Sequence[str]) -> tuple[str, ...]:
     items = [t for t in items if t]
     for item in items:
         if item not in SAVE_CHOICES:
-            raise CliError(str(unknown_choice("--save item", item, SAVE_CHOICES)))
+            raise UsageError(str(unknown_choice("--save item", item, SAVE_CHOICES)))
     if "npy" in items and "shards" in items:
-        raise CliError("--save: choose npy (a file per image) or shards (a few large files)")
+        raise UsageError("--save: choose npy (a file per image) or shards (a few large files)")
     return tuple(dict.fromkeys(items))
 
 
-def fingerprint(args: argparse.Namespace, methods: Methods) -> dict[str, Any]:
+def fingerprint(args: RunSpec, methods: Methods) -> dict[str, Any]:
     """The options that decide what an ``explain`` run's outputs are: a resumed run must
     match them."""
     return {
@@ -131,17 +113,18 @@ def fingerprint(args: argparse.Namespace, methods: Methods) -> dict[str, Any]:
 class IndexedRun(Run):
     """Failures go to the index as they happen (nothing per image is held in memory)."""
 
-    def __init__(self, index: RunIndex) -> None:
-        super().__init__()
+    def __init__(self, index: RunIndex, message: Sink = to_log) -> None:
+        super().__init__(message=message)
         self.index = index
         self.failed = 0
 
     def fail(self, name: str, reason: str, retry: bool = False) -> None:
         self.failed += 1
+        self.errors.append({"file": name, "error": reason})
         if name not in self.index.done:
             record = {"key": name, "file": name, "error": reason}
             self.index.append({**record, "retry": True} if retry else record)
-        say(f"skipped {name}: {reason}")
+        self.message(f"skipped {name}: {reason}")
 
 
 def remaining(paths: Sequence[str], run: IndexedRun) -> list[tuple[Path, str, str]]:
@@ -163,73 +146,8 @@ def remaining(paths: Sequence[str], run: IndexedRun) -> list[tuple[Path, str, st
         if retried:
             said[-1] += (f" ({retried} of them failed earlier as missing or unreadable: "
                          "tried again)")
-        say(f"resuming {index.out}: {', '.join(said)}")
+        run.message(f"resuming {index.out}: {', '.join(said)}")
     return files
-
-
-def run_explain(args: argparse.Namespace) -> int:
-    """The dataset runner on this machine: decode (threads) -> one pass per batch ->
-    pictures written by threads -> one index line per image. Resumes a folder that holds
-    the same run; returns the exit code (1 if an image or a method failed)."""
-    from tqdm import tqdm
-
-    from ..viz import DEFAULT_MAX_PIXELS, atomic_write, available_colormaps
-
-    methods = parse_methods(args.method, args.option)
-    if args.colormap not in available_colormaps():
-        raise CliError(str(unknown_choice("colormap", args.colormap, available_colormaps())))
-    if not 0 <= args.alpha <= 1:
-        raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if not 0 <= args.threshold <= 1:
-        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
-    args.save = parse_save(args.save)
-    # usage errors first: the folder is touched only by a run that can start
-    model, preprocess, labels, layer, device = load(args)
-    target = parse_target(args.target, labels)
-    out = output_folder(args.out)
-    try:
-        index = RunIndex(out, fingerprint(args, methods), restart=args.restart)
-    except RunFolderError as err:
-        raise CliError(str(err)) from None
-    with index:
-        run = IndexedRun(index)
-        files = remaining(args.paths, run)
-        job = Job(args, files, output_names(files, index.stems), out, model, preprocess,
-                  labels, target, layer, device, args.max_pixels or DEFAULT_MAX_PIXELS,
-                  methods, show=show_progress(args.progress), index=index)
-        try:
-            if getattr(args, "engine", "local") == "ray":
-                from ._ray import run_ray
-
-                run_ray(job, run)
-            else:
-                _loop(job, run, tqdm)
-        except _StorageError as err:
-            raise CliError(
-                f"could not write to {out}: {err.strerror or err}. Every image finished so "
-                "far is in its index; free space (or fix the folder) and run the same "
-                "command again to resume"
-            ) from None
-        summary = {
-            "camlens": __version__,
-            "model": args.model,
-            "layer": job.layer_names,
-            "methods": methods.live(),
-            "target": args.target,
-            "counterfactual": bool(args.counterfactual),
-            "index": INDEX,
-            "images": index.counts["done"],
-            "failed": index.counts["failed"],
-            "method_errors": methods.failed,
-            "skipped_methods": methods.skipped,
-        }
-        atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False)
-                     .encode("utf-8"))
-    job.note_totals()
-    failed = index.counts["failed"]  # of the whole run, resumed parts included
-    say(f"explained {job.finished} image(s) into {out}"
-        + (f"; {failed} failed (see {INDEX})" if failed else ""))
-    return 1 if failed or methods.failed else 0
 
 
 def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
@@ -240,7 +158,7 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
     try:
         sizer = BatchSizer(job.args.batch_size, total, job.device)
     except ValueError as err:  # CAMLENS_MEMORY is not an amount
-        raise CliError(str(err)) from None
+        raise UsageError(str(err)) from None
     job.batch = size = sizer.size
     readers = Helpers(2, "camlens-decode")
     pool = Helpers(2, "camlens-write")
@@ -339,7 +257,10 @@ def _explain_batch(
     def plan(rows: list[Any]) -> None:
         if not job.planned:
             job.planned = True
-            job.plan_sink(rows, len(loaded), len(job.files))
+            if job.plan_sink is None:
+                print_plan(rows, len(loaded), len(job.files), job.message)
+            else:
+                job.plan_sink(rows, len(loaded), len(job.files))
 
     try:
         result = compare(job.model, x, methods, job.layer, job.target,
@@ -351,7 +272,7 @@ def _explain_batch(
             run.fail(job.files[i][1], str(err))
         return []
     job.layer_names[:] = result.layer_names or job.layer_names
-    job.methods.record(result)
+    job.methods.record(result, job.message)
     batch = _Batch(probabilities(result.output),
                    {k: v.cpu() for k, v in result.items() if not isinstance(v, Exception)},
                    result.classes)

@@ -41,7 +41,6 @@ and the output folder must be on a file system that all nodes see at the same pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -54,12 +53,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli._common import CliError, Run, say
+from .._errors import UsageError
+from .._messages import Sink, to_log
+from ._files import Run, decode
 from ._index import _Shard
+from ._local import _STORAGE_ERRNOS, IndexedRun, Job, _explain_batch, _StorageError
+from ._setup import load, parse_target, print_plan
 from ._threads import Helpers
 
 if TYPE_CHECKING:
-    from ._local import IndexedRun, Job
+    from ._spec import RunSpec
 
 RESERVED_CPUS = 0.5  # left free for Ray Data's own tasks
 THREADS_PER_ACTOR = 4  # torch threads of a CPU actor: fewer, larger actors use less memory
@@ -74,12 +77,12 @@ def pool_size(cpus: float, gpus: float, use_gpus: bool = True,
     ``actors`` (``--actors``) fixes the size; the CPUs are still shared so that Ray Data
     keeps ``RESERVED_CPUS``."""
     if actors is not None and actors < 1:
-        raise CliError(f"--actors must be at least 1, got {actors}")
+        raise UsageError(f"--actors must be at least 1, got {actors}")
     free = max(cpus - RESERVED_CPUS, 0.0)
     if use_gpus and gpus >= 1:
         size = int(gpus) if actors is None else actors
         if size > gpus:
-            raise CliError(f"--actors {size}: the cluster has {gpus:g} GPU(s), one per "
+            raise UsageError(f"--actors {size}: the cluster has {gpus:g} GPU(s), one per "
                            "actor; ask for at most that many, or --device cpu")
         per = min(1.0, free / size)
         return {"size": size, "num_cpus": per, "num_gpus": 1, "threads": max(1, int(per))}
@@ -95,10 +98,10 @@ def run_ray(job: Job, run: IndexedRun) -> None:
         import ray
         import ray.data
     except ImportError:
-        raise CliError("the ray engine needs Ray: pip install 'camlens[ray]'") from None
+        raise UsageError("the ray engine needs Ray: pip install 'camlens[ray]'") from None
     if not job.files:
         return
-    started = _connect(ray, getattr(job.args, "address", None))
+    started = _connect(ray, job.args.address, job.message)
     try:
         with _without_noise():
             _run(ray, job, run)
@@ -107,13 +110,13 @@ def run_ray(job: Job, run: IndexedRun) -> None:
             ray.shutdown()
 
 
-def _connect(ray: Any, address: str | None) -> bool:
+def _connect(ray: Any, address: str | None, message: Sink = to_log) -> bool:
     """Join the cluster at ``address`` or start a local instance; True if this call
     started (or joined) Ray and so must shut it down."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         if address:
-            say(f"--address {address}: this process is already connected to Ray; "
+            message(f"--address {address}: this process is already connected to Ray; "
                 "running there")
         return False
     if not address or address == "local":
@@ -125,7 +128,7 @@ def _connect(ray: Any, address: str | None) -> bool:
         try:
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         except (RuntimeError, ConnectionError, ValueError) as err:
-            raise CliError(f"could not start a local Ray instance: {err}") from None
+            raise UsageError(f"could not start a local Ray instance: {err}") from None
         finally:
             auth.setLevel(level)
         return True
@@ -136,7 +139,7 @@ def _connect(ray: Any, address: str | None) -> bool:
     except (ray.exceptions.RayError, RuntimeError, ConnectionError, ValueError,
             TimeoutError) as err:
         why = f"{err}" + (f" ({_cause(err.__cause__)})" if err.__cause__ else "")
-        raise CliError(f"--address {address}: could not join the Ray cluster: {why}") from None
+        raise UsageError(f"--address {address}: could not join the Ray cluster: {why}") from None
     return True
 
 
@@ -220,7 +223,7 @@ def _check_reachable(address: str) -> None:
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise CliError(f"--address {address}: expected HOST:PORT (the head's GCS address, "
+        raise UsageError(f"--address {address}: expected HOST:PORT (the head's GCS address, "
                        "as `ray start --head` prints it) or ray://HOST:PORT")
     host = host.strip("[]")
     try:
@@ -233,11 +236,11 @@ def _check_reachable(address: str) -> None:
                          + b"\x00\x00\x00\x00")
             head = sock.recv(9)
     except OSError as err:
-        raise CliError(f"--address {address}: no Ray cluster answers there ({err}); start "
+        raise UsageError(f"--address {address}: no Ray cluster answers there ({err}); start "
                        "one with `ray start --head`, or leave out --address to run on "
                        "this machine") from None
     if len(head) < 9 or head[3] != 0x04:
-        raise CliError(f"--address {address}: something answers there, but not a Ray "
+        raise UsageError(f"--address {address}: something answers there, but not a Ray "
                        "cluster (give the head's GCS address, HOST:6379 by default)")
 
 
@@ -271,11 +274,9 @@ _QUIET = {
 def _run(ray: Any, job: Job, run: IndexedRun) -> None:
     from tqdm import tqdm
 
-    from ._local import _StorageError
-
     resources = ray.cluster_resources()
     pool = pool_size(resources.get("CPU", 1.0), resources.get("GPU", 0.0),
-                     use_gpus=job.args.device != "cpu", actors=getattr(job.args, "actors", None))
+                     use_gpus=job.args.device != "cpu", actors=job.args.actors)
     # actors may run in another folder (or on another node): they get absolute paths; the
     # records keep the names as given
     rows = [{"i": i, "path": str(Path(path).absolute()), "shown": shown, "stem": job.names[i]}
@@ -314,21 +315,20 @@ def _run(ray: Any, job: Job, run: IndexedRun) -> None:
                 else:
                     meta = line["meta"]
                     for text in meta["messages"]:
-                        say(text)
+                        job.message(text)
                     job.layer_names[:] = meta["layer_names"] or job.layer_names
                     known = set(job.methods.failed) | set(job.methods.skipped)
                     job.methods.record({m: ValueError(r) for m, r in meta["refused"].items()
-                                        if m not in known})
+                                        if m not in known}, job.message)
                     if meta["plan"] and not planned:
                         from .._explainer import PlanRow
-                        from ..cli._common import print_plan
-
                         planned = True
                         rows_, batch = meta["plan"]
-                        print_plan([PlanRow(*r) for r in rows_], batch, len(job.files))
+                        print_plan([PlanRow(*r) for r in rows_], batch, len(job.files),
+                                   job.message)
         except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException,
                 ray.data.exceptions.SystemException) as err:
-            raise CliError(
+            raise UsageError(
                 f"the ray engine stopped: {_cause(err)}. Every image finished so far is in "
                 f"the index of {job.out}; run the same command again to resume"
             ) from None
@@ -399,17 +399,15 @@ class _Worker:
     def __init__(self, spec: dict[str, Any]) -> None:
         import torch
 
-        from ..cli import _common
-        from ._local import Job
 
         torch.set_num_threads(spec["threads"])
-        args: argparse.Namespace = spec["args"]
+        args: RunSpec = spec["args"]
         out = Path(spec["out"])
         if not out.is_dir():
-            raise CliError(f"the output folder {out} is not visible on this node: the ray "
+            raise UsageError(f"the output folder {out} is not visible on this node: the ray "
                            "engine needs a file system shared by every node")
-        model, preprocess, labels, layer, device = _common.load(args)
-        target = _common.parse_target(args.target, labels)
+        model, preprocess, labels, layer, device = load(args)
+        target = parse_target(args.target, labels)
         self.job = Job(args, [], [], out, model, preprocess, labels, target, layer, device,
                        spec["max_pixels"], spec["methods"], show=False,
                        index=_ActorIndex(out))
@@ -427,9 +425,6 @@ class _Worker:
         self.plan = [[list(r) for r in rows], batch]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        from ..cli._common import decode
-        from ._local import _STORAGE_ERRNOS, _explain_batch
-
         job = self.job
         job.files = [(Path(p), str(s), "") for p, s in zip(batch["path"], batch["shown"])]
         job.names = [str(s) for s in batch["stem"]]

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import CamlensError
+
 DEFAULT_MAX_PIXELS = 64_000_000
 """Images with more pixels than this are refused (decompression bombs); 64 megapixels."""
 
 
-class ImageError(ValueError):
+class ImageError(CamlensError, ValueError):
     """An image that cannot be used, with the reason (unreadable, truncated, too large...)."""
 
 
