@@ -194,8 +194,7 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
     except BaseException:  # Ctrl-C, a full disk: finish what is written, then stop
         bar.close()
         try:
-            while pending:
-                _collect_result(job, pending.pop(0), run, pool)
+            _drain(job, pending, run, pool)
         except _StorageError:
             pass  # already stopping
         finally:
@@ -204,11 +203,25 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
         raise
     bar.close()
     try:
-        while pending:
-            _collect_result(job, pending.pop(0), run, pool)
+        _drain(job, pending, run, pool)
     finally:
         readers.shutdown(cancel=True)
         pool.shutdown()
+
+
+def _drain(job: Job, pending: list[tuple[int, Future[dict[str, Any]]]], run: IndexedRun,
+           pool: Helpers) -> None:
+    """Collect every pending image in order. A full disk stops the run, but each image
+    whose files are already in place still gets its index line (one drawn later than the
+    image the disk cut short too); the first storage error is raised at the end."""
+    stop: _StorageError | None = None
+    while pending:
+        try:
+            _collect_result(job, pending.pop(0), run, pool)
+        except _StorageError as err:
+            stop = stop or err
+    if stop is not None:
+        raise stop
 
 
 def _collect_result(job: Job, item: tuple[int, Future[dict[str, Any]]], run: IndexedRun,
