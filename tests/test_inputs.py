@@ -15,10 +15,17 @@ from torch import nn
 
 import camlens
 from camlens.cli import main
+from camlens.cli._args import say
 from camlens.models import preprocessing
 from camlens.runner._index import INDEX
 
 pytestmark = pytest.mark.filterwarnings("ignore:loading .* because trust=True:UserWarning")
+
+def _run(*args, **kw):
+    """camlens.run with its notes printed on stderr as the command line prints them (the
+    library's default sink is the ``camlens`` logger)."""
+    return camlens.run(*args, message=say, **kw)
+
 
 
 def _model() -> nn.Module:
@@ -90,7 +97,7 @@ def test_old_run_audit_and_labels_folders_are_not_walked(tmp_path, capsys):
     model, pre = _model(), preprocessing("unit", crop=32, resize=32)
     # a real earlier run inside the photos (it explained old/x.png only), then an audit's
     # and a labels folder, and a user's own labels.json (not camlens's: walked)
-    camlens.run([photos / "old" / "x.png"], photos / "old", model=model, preprocess=pre,
+    _run([photos / "old" / "x.png"], photos / "old", model=model, preprocess=pre,
                 save="overlay")
     assert len(list((photos / "old").glob("*.png"))) == 2  # x.png and its overlay
     (photos / "aud" / "thumbs").mkdir(parents=True)
@@ -102,7 +109,7 @@ def test_old_run_audit_and_labels_folders_are_not_walked(tmp_path, capsys):
                                                            indent=1))
     (photos / "notes" / "labels.json").write_text(json.dumps({"d.png": "cat"}))
     capsys.readouterr()
-    summary = camlens.run(photos, tmp_path / "out", model=model, preprocess=pre, save="npy")
+    summary = _run(photos, tmp_path / "out", model=model, preprocess=pre, save="npy")
     assert summary["images"] == 3 and summary["failed"] == 0
     keys = sorted(Path(k).relative_to(photos).as_posix() for k in _keys(tmp_path / "out"))
     assert keys == ["a.png", "b.png", "notes/d.png"]
@@ -119,7 +126,7 @@ def test_hidden_files_are_named_in_the_left_out_note(tmp_path, capsys):
     for i, name in enumerate(("a.png", ".hidden.jpg", ".cache/b.png", "sub/.c.png")):
         _image(photos / name, i)
     (photos / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden and not an image: no word
-    summary = camlens.run(photos, tmp_path / "out", model=_model(),
+    summary = _run(photos, tmp_path / "out", model=_model(),
                           preprocess=preprocessing("unit", crop=32, resize=32),
                           save="npy")
     assert summary["images"] == 1 and _keys(tmp_path / "out") == [str(photos / "a.png")]
@@ -128,7 +135,7 @@ def test_hidden_files_are_named_in_the_left_out_note(tmp_path, capsys):
             "sub/.c.png); name a hidden file on the command line to explain it") in err
     assert ".DS_Store" not in err
     # named on the command line, a hidden file is explained
-    again = camlens.run([photos / ".hidden.jpg"], tmp_path / "out2", model=_model(),
+    again = _run([photos / ".hidden.jpg"], tmp_path / "out2", model=_model(),
                         preprocess=preprocessing("unit", crop=32, resize=32),
                         save="npy")
     assert again["images"] == 1
@@ -168,13 +175,13 @@ def test_unreadable_files_are_retried_and_model_failures_stay_failed(tmp_path, c
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     pre = preprocessing("unit", crop=32, resize=32)
     out = tmp_path / "out"
-    first = camlens.run(photos, out, model=_model(), preprocess=pre, save="npy")
+    first = _run(photos, out, model=_model(), preprocess=pre, save="npy")
     assert first["images"] == 3 and first["failed"] == 1 and first["exit_code"] == 1
     (failure,) = [r for r in camlens.read_index(out) if "error" in r]
     assert failure["retry"] is True and failure["key"].endswith("broken.png")
     _image(photos / "broken.png", 9)  # the file is replaced by a good one
     capsys.readouterr()
-    second = camlens.run(photos, out, model=_model(), preprocess=pre, save="npy")
+    second = _run(photos, out, model=_model(), preprocess=pre, save="npy")
     assert second["images"] == 4 and second["failed"] == 0 and second["exit_code"] == 0
     assert (f"resuming {out}: 3 image(s) already done, 1 to go (1 of them failed earlier as "
             "missing or unreadable: tried again)") in capsys.readouterr().err
@@ -185,12 +192,12 @@ def test_unreadable_files_are_retried_and_model_failures_stay_failed(tmp_path, c
     # a failure that is not about reading the file (the pass failed in the model: a line
     # written here as the runner writes it) is not tried again
     kept = tmp_path / "kept"
-    camlens.run(photos / "p0.png", kept, model=_model(), preprocess=pre, save="npy")
+    _run(photos / "p0.png", kept, model=_model(), preprocess=pre, save="npy")
     key = str(photos / "p0.png")
     (kept / INDEX).write_text(json.dumps({"key": key, "file": key, "error": "NaN scores"})
                               + "\n")
     capsys.readouterr()
-    again = camlens.run(photos / "p0.png", kept, model=_model(), preprocess=pre, save="npy")
+    again = _run(photos / "p0.png", kept, model=_model(), preprocess=pre, save="npy")
     assert again["images"] == 0 and again["failed"] == 1 and again["exit_code"] == 1
     assert (f"resuming {kept}: 0 image(s) already done, 1 failed earlier, not tried again "
             f"(see {INDEX}; --restart redoes the run), 0 to go") in capsys.readouterr().err

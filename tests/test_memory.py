@@ -19,6 +19,7 @@ from torch import nn
 
 import camlens
 from camlens._validate import InputTooSmallError
+from camlens.cli._args import say
 from camlens.models import load_model, preprocessing
 from camlens.runner._memory import (
     IN_FLIGHT,
@@ -28,6 +29,13 @@ from camlens.runner._memory import (
     available_memory,
     parse_bytes,
 )
+
+
+def _run(*args, **kw):
+    """camlens.run with its notes printed on stderr as the command line prints them (the
+    library's default sink is the ``camlens`` logger)."""
+    return camlens.run(*args, message=say, **kw)
+
 
 
 def saved_bytes(model: nn.Module, call: Callable[[], object]) -> int:
@@ -241,7 +249,7 @@ def test_runner_bounds_the_batch_and_writes_the_same_maps(photos, tmp_path, monk
     monkeypatch.setenv("CAMLENS_MEMORY", "1M")
     kw = dict(model=model, preprocess=preprocessing("unit", crop=64, resize=64),
               method="gradcam,layercam", save="npy")
-    camlens.run(photos, tmp_path / "big", batch_size=1000, **kw)
+    _run(photos, tmp_path / "big", batch_size=1000, **kw)
     said = capsys.readouterr().err
     found = re.search(r"camlens: --batch-size 1000 needs about .* of memory for 22 images "
                       r"\(.* per image\) and 1 MB is available to this run, so it uses "
@@ -252,7 +260,7 @@ def test_runner_bounds_the_batch_and_writes_the_same_maps(photos, tmp_path, monk
     assert sum(sizes) == 22 and said.count("needs about") == 1
     monkeypatch.delenv("CAMLENS_MEMORY")
     sizes.clear()
-    camlens.run(photos, tmp_path / "one", batch_size=1, **kw)
+    _run(photos, tmp_path / "one", batch_size=1, **kw)
     assert sizes == [1] * 22
     big = {(f, m): a for f, m, a in camlens.read_maps(tmp_path / "big")}
     one = {(f, m): a for f, m, a in camlens.read_maps(tmp_path / "one")}
