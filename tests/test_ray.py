@@ -337,7 +337,9 @@ def test_joins_a_running_cluster(ray_session: str, images: Path, reference: Path
                           capture_output=True, text=True, timeout=80)
     assert done.returncode == 0, done.stdout + done.stderr
     ref = _records(reference)
-    assert _records(tmp_path) == {str(f): ref[str(f)] for f in files}
+    # the cluster's actors run torch on other thread counts than this process's reference
+    # (as in test_ray_matches_local): probabilities may differ by one in the last digit
+    _close(_records(tmp_path), {str(f): ref[str(f)] for f in files})
 
 
 def test_starts_and_stops_its_own_ray(images: Path, reference: Path, tmp_path: Path) -> None:
