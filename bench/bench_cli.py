@@ -33,8 +33,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from skimage import data
 
 import camlens
-from camlens.cli import _common as cli_common
 from camlens.cli import main as camlens_main
+from camlens.runner import _setup as runner_setup
 
 LAYER = "_bn1"  # a layer called once: pytorch-grad-cam cannot target the shared _swish module
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
@@ -61,20 +61,20 @@ def make_photos(folder: Path, count: int) -> list[Path]:
 def run_camlens(photos: Path, out: Path, batch: int, contiguous: bool = False) -> None:
     """``camlens explain``; ``contiguous=True`` runs the bundled model in the default
     contiguous layout instead of channels-last, to measure what the layout gives."""
-    original = cli_common.load_model
+    original = runner_setup.load_model
 
     def contiguous_model(*args, **kwargs):
         model, preprocess, labels = original(*args, **kwargs)
         return model.to(memory_format=torch.contiguous_format), preprocess, labels
 
     if contiguous:
-        cli_common.load_model = contiguous_model
+        runner_setup.load_model = contiguous_model
     try:
         code = camlens_main(["explain", str(photos), "--out", str(out), "--method", "gradcam",
                              "--layer", LAYER, "--batch-size", str(batch), "--progress",
                              "never"])
     finally:
-        cli_common.load_model = original
+        runner_setup.load_model = original
     assert code == 0
 
 
