@@ -148,7 +148,9 @@ def evaluate_files(spec: EvaluationSpec, message: Sink | None = None) -> Evaluat
             annotations = load_annotations(spec.annotations)
         except ValueError as err:
             raise UsageError(str(err)) from None
-    found = collect(spec.paths, Run(message=message), out=spec.out)
+    # only to check the annotations against the files: the scoring pass walks the paths
+    # again with the run's sink, which tells the user what was left out, once
+    found = collect(spec.paths, Run(message=lambda _: None), out=spec.out)
     if annotations and found:
         check_matches(annotations, found, message)
     model, preprocess, labels, layer, device = load(spec)
@@ -221,6 +223,7 @@ def _score_files(spec: EvaluationSpec, run: IndexedRun, methods: Methods,
             bar.update(len(loaded))
         for row in rows:
             run.index.append(row)
+        run.index.sync()  # one fsync per batch, as the explain runner does
     if bar is not None:
         bar.close()
 

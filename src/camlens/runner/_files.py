@@ -34,7 +34,6 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"
 class Run:
     """What a run did: the images it skipped and why; its notes go to ``message``."""
 
-    images: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     message: Sink = to_log
 

@@ -116,10 +116,8 @@ class IndexedRun(Run):
     def __init__(self, index: RunIndex, message: Sink = to_log) -> None:
         super().__init__(message=message)
         self.index = index
-        self.failed = 0
 
     def fail(self, name: str, reason: str, retry: bool = False) -> None:
-        self.failed += 1
         self.errors.append({"file": name, "error": reason})
         if name not in self.index.done:
             record = {"key": name, "file": name, "error": reason}
@@ -195,8 +193,8 @@ def _loop(job: Job, run: IndexedRun, tqdm: Any) -> None:
         bar.close()
         try:
             _drain(job, pending, run, pool)
-        except _StorageError:
-            pass  # already stopping
+        except Exception:  # already stopping: the first error (or the Ctrl-C) is raised
+            pass
         finally:
             readers.shutdown(cancel=True)
             pool.shutdown()

@@ -284,7 +284,7 @@ def _run(ray: Any, job: Job, run: IndexedRun) -> None:
     spec = {
         "args": job.args, "out": str(Path(job.out).absolute()), "max_pixels": job.max_pixels,
         "methods": job.methods,
-        "threads": getattr(job.args, "threads", None) or pool["threads"],  # --threads
+        "threads": job.args.threads or pool["threads"],  # --threads
     }
     bar = tqdm(total=len(rows), unit="img", desc="camlens explain (ray)", disable=not job.show,
                leave=False)
