@@ -432,6 +432,7 @@ result["topk"] = float((camlens.explain(km, x, target=camlens.TopK(2), layer="re
                       target=camlens.TopK(2), layer="relu2")).abs().max())
 with camlens.Explainer(km, "gradcam") as e:
     e(x); result["auto"] = e.layer_names
+    result["output_graph"] = e.last_output.requires_grad
 try:
     camlens.explain(km, x, method="shapleycam")
 except ValueError as err:
@@ -470,4 +471,5 @@ def test_tensorflow_backend_gives_the_torch_twins_maps(tmp_path):
     assert result["sanity_layers"] == ["fc", "bn2", "conv2", "bn1", "conv1"]
     assert result["topk"] < 1e-6
     assert result["auto"] == ["relu2"]
+    assert result["output_graph"] is False  # the output comes back without its graph
     assert "torch backend" in result["shapley_error"]

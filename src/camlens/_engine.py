@@ -302,7 +302,10 @@ def _noisy_gradients(
         per_sample.append([gr.detach() for gr in grads])
     # checked once after the loop, not once per copy (each check makes the host wait for
     # the device); the sum over copies is finite where every copy's score is
-    check_finite_scores(torch.stack(all_scores).sum(0))
+    summed = torch.stack(all_scores)
+    if summed.dtype in (torch.float16, torch.bfloat16):  # finite scores may sum past 65504
+        summed = summed.float()
+    check_finite_scores(summed.sum(0))
     stacked = [torch.stack([s[i] for s in per_sample]) for i in range(len(layers))]
     check_finite_gradients(stacked, names)
     return stacked

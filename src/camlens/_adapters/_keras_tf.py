@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 from .._backend import BackendPass, Captured, PassOptions, PassPlan, PassResult, layer_data
-from .._gradients import check_finite_gradients, classifier_weight, nothing_matched, target_scores
+from .._gradients import (
+    check_finite_gradients,
+    classifier_weight,
+    detach_output,
+    nothing_matched,
+    target_scores,
+)
 from .._scorer import Scorer
 from ._keras import Hook, KerasModel, swapped_call, to_torch
 
@@ -191,7 +197,7 @@ def run_tf_pass(model: KerasTFModel, inputs: Tensor, plan: PassPlan,
         grads = _tape_gradients(tape, scores, leaves_t, leaves_tf, captured, names,
                                 nothing_matched(target))
         check_finite_gradients(grads, names)
-    output = _map(output, lambda t: t.detach())
+    output = detach_output(output)  # torch tensors by now: the graph is not kept
     found = Captured(layers, [to_torch(c) for c in captured], calls, scores.shape[1], classes,
                      gradients=grads)
     if plan.classifier:

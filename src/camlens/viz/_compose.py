@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import methods as _methods  # noqa: F401  (registers camlens's methods)
 from .._registry import method_class
 from ._colormaps import blend
 from ._image import Picture, _pil, load_image
