@@ -7,6 +7,7 @@ import io
 import os
 import secrets
 import struct
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -18,6 +19,8 @@ from .._errors import CamlensError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Images with more pixels than this are refused (decompression bombs); 64 megapixels."""
+
+_QUIET_OPEN = threading.Lock()  # see load_image
 
 
 class ImageError(CamlensError, ValueError):
@@ -94,7 +97,10 @@ def _open(path: Path, max_pixels: int) -> Any:
     if path.is_dir():
         raise ImageError(f"{path} is a directory, not an image")
     try:
-        with warnings.catch_warnings():  # the pixel limit below says it in our words
+        # the pixel limit below says it in our words. catch_warnings swaps the process's
+        # filters, so two decoding threads inside it at once can restore each other's and
+        # let the warning through: one at a time (opening reads only the header)
+        with _QUIET_OPEN, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except FileNotFoundError:
